@@ -1,0 +1,19 @@
+"""A progress bar that says which MIRI round is running."""
+
+from lightning.pytorch.callbacks import TQDMProgressBar
+
+from .rounds import MIRIRounds
+
+
+class RoundProgressBar(TQDMProgressBar):
+    """TQDM bar described as `round r/T epoch e/E` instead of `Epoch e`."""
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        rounds = next((cb for cb in trainer.callbacks if isinstance(cb, MIRIRounds)), None)
+        if rounds is not None:
+            per_round = rounds.epochs_per_round
+            self.train_progress_bar.set_description(
+                f"round {trainer.current_epoch // per_round + 1}/{trainer.max_epochs // per_round} "
+                f"epoch {trainer.current_epoch % per_round + 1}/{per_round}"
+            )

@@ -1,0 +1,105 @@
+"""The command line: LightningCLI with MIRI's rounds, checkpoints and logger wired in.
+
+`python train.py --config configs/quickstart.yaml [--section.key value ...] [--ckpt_path PATH]`
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+
+from .callbacks import MIRIRounds, RoundProgressBar
+from .data.datamodule import MaskedImageDataModule
+from .errors import MIRIError
+from .module import MIRI
+
+
+@dataclass
+class LoggingConfig:
+    """Where metrics and grids go, unless `trainer.logger` names a logger itself.
+
+    Args:
+        backend: `wandb` (offline when no API key is set: sync later with
+            `wandb sync`), `tensorboard` or `csv`.
+        project: W&B project.
+        name: run name (default: the run folder's name).
+    """
+
+    backend: Literal["wandb", "tensorboard", "csv"] = "wandb"
+    project: str = "miri-lightning"
+    name: Optional[str] = None
+
+
+def wandb_has_key() -> bool:
+    """Whether W&B can reach an account: an API key in the environment or in ~/.netrc."""
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return bool(os.environ.get("WANDB_API_KEY")) or (netrc.exists() and "api.wandb.ai" in netrc.read_text())
+
+
+def make_logger(cfg: LoggingConfig, run_dir: str) -> Logger:
+    """The configured logger, writing into the run folder."""
+    name = cfg.name or Path(run_dir).name
+    if cfg.backend == "tensorboard":
+        return TensorBoardLogger(save_dir=run_dir, name="tensorboard", version=name)
+    if cfg.backend == "csv":
+        return CSVLogger(save_dir=run_dir, name="csv", version=name)
+    offline = os.environ.get("WANDB_MODE") == "offline" or (
+        "WANDB_MODE" not in os.environ and not wandb_has_key()
+    )
+    return WandbLogger(project=cfg.project, name=name, save_dir=run_dir, offline=offline)
+
+
+class LogConfig(SaveConfigCallback):
+    """Saves config.yaml in the run folder and sends the whole config to the loggers (offline W&B included)."""
+
+    def save_config(self, trainer, pl_module, stage) -> None:
+        for logger in trainer.loggers:
+            logger.log_hyperparams({"config": self.config.as_dict()})
+
+
+class MIRICLI(LightningCLI):
+    """LightningCLI plus the `rounds`, `checkpoint`, `progress_bar` and `logging` sections and `--ckpt_path`."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--ckpt_path", type=Optional[str], default=None,
+                            help="resume from this checkpoint (e.g. RUN/checkpoints/last.ckpt)")
+        parser.add_class_arguments(LoggingConfig, "logging")
+        parser.add_lightning_class_args(MIRIRounds, "rounds")
+        parser.add_lightning_class_args(RoundProgressBar, "progress_bar")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "trainer.default_root_dir": "checkpoints/miri",
+            "trainer.max_epochs": 20,
+            "trainer.num_sanity_val_steps": 0,
+            "checkpoint.filename": "round{round:03.0f}",
+            "checkpoint.auto_insert_metric_name": False,
+            "checkpoint.save_top_k": -1,
+            "checkpoint.save_last": True,
+        })
+        parser.link_arguments("rounds.epochs_per_round", "checkpoint.every_n_epochs")
+        parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath",
+                              compute_fn=lambda run_dir: str(Path(run_dir) / "checkpoints"))
+
+    def instantiate_trainer(self, **kwargs):
+        config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        if config["trainer"].get("logger") is None:
+            kwargs["logger"] = make_logger(config["logging"], config["trainer"]["default_root_dir"])
+        return super().instantiate_trainer(**kwargs)
+
+
+def main(args: Optional[list[str]] = None) -> None:
+    """Parse the command line, then train (resuming from `--ckpt_path` when given)."""
+    try:
+        cli = MIRICLI(MIRI, MaskedImageDataModule, run=False, args=args, save_config_callback=LogConfig,
+                      save_config_kwargs={"overwrite": True}, subclass_mode_model=False,
+                      subclass_mode_data=False)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
+    except MIRIError as err:
+        sys.exit(f"error: {err}")

@@ -1,0 +1,1 @@
+"""Image sources, mask mechanisms and the datamodule that owns the incomplete collection."""

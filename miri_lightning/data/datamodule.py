@@ -1,0 +1,201 @@
+"""The incomplete collection and its current imputations, as a LightningDataModule."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Iterator, Literal, Optional
+
+import torch
+from jsonargparse import lazy_instance
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..errors import ConfigError, DataError
+from .masks import MCAR, MaskMechanism
+from .sources import ImageSource, Shapes
+
+InitFill = Literal["noise", "mean"]
+
+
+class ImputationBatches(Dataset):
+    """Reads (index, current imputation, mask) straight from the datamodule's shared tensors.
+
+    The tensors live in shared memory and are updated in place after each
+    round, so DataLoader workers (which hold a copy of this object) see the
+    new round's imputations without being restarted.
+    """
+
+    def __init__(self, imputations: torch.Tensor, masks: torch.Tensor):
+        self.imputations, self.masks = imputations, masks
+
+    def __len__(self) -> int:
+        return len(self.imputations)
+
+    def __getitems__(self, indices: list[int]):
+        idx = torch.as_tensor(indices)
+        return idx, self.imputations[idx], self.masks[idx]
+
+    def __getitem__(self, i: int):
+        return self.__getitems__([i])
+
+
+def _whole_batch(batch):
+    """`__getitems__` already returns a collated batch."""
+    return batch
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A shuffle that depends only on (seed, epoch), so a resumed run draws the same batches."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # called by Lightning at every epoch start
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def initial_fill(observed: torch.Tensor, masks: torch.Tensor, how: InitFill, seed: int) -> torch.Tensor:
+    """x_hat^(0): observed entries from the data, missing ones filled `how`.
+
+    `noise` is uniform in [0, 1] (the paper's choice); `mean` is the per-entry
+    mean of the observed values over the collection (the global observed mean
+    where an entry is never observed).
+    """
+    if how == "noise":
+        fill = torch.rand(observed.shape, generator=torch.Generator().manual_seed(seed))
+    else:
+        counts = masks.sum(0)
+        mean = (observed * masks).sum(0) / counts.clamp_min(1)
+        global_mean = observed[masks].mean() if masks.any() else torch.tensor(0.5)
+        fill = torch.where(counts > 0, mean, global_mean).expand_as(observed)
+    return torch.where(masks, observed, fill)
+
+
+class MaskedImageDataModule(LightningDataModule):
+    """An image collection with missing entries, and MIRI's imputation state.
+
+    Args:
+        source: where the images come from (see `miri_lightning.data.sources`).
+        mask: how entries go missing (see `miri_lightning.data.masks`). Applied
+            on top of the source's own masks when it has some; when both are
+            absent, MCAR at 60 %.
+        init_fill: how missing entries are filled before round 1: `noise`
+            (uniform, the paper's) or `mean` (per-entry mean of observed values).
+        batch_size: training images per step on each device.
+        num_workers: DataLoader worker processes.
+        seed: seed of the initial fill and of the batch order.
+    """
+
+    def __init__(
+        self,
+        source: ImageSource = lazy_instance(Shapes),
+        mask: Optional[MaskMechanism] = None,
+        init_fill: InitFill = "noise",
+        batch_size: int = 64,
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if batch_size < 2:
+            raise ConfigError(f"data.batch_size must be >= 2 (each image needs a partner), got {batch_size}")
+        if num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
+        self.source, self.mask = source, mask
+        self.init_fill, self.batch_size, self.num_workers, self.seed = init_fill, batch_size, num_workers, seed
+        self.truth: Optional[torch.Tensor] = None
+        self.masks: Optional[torch.Tensor] = None
+        self.imputations: Optional[torch.Tensor] = None
+        self.round = 0
+
+    # -- the collection -------------------------------------------------
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        """Build the incomplete collection once: images, masks, ground truth, x_hat^(0)."""
+        if self.imputations is not None:
+            return
+        loaded = self.source.load()
+        images, masks = loaded.images.float(), loaded.masks
+        if self.mask is not None or masks is None:
+            drawn = (self.mask or MCAR(missing_rate=0.6))(images)
+            masks = drawn if masks is None else masks & drawn
+        # Ground truth exists only where every missing entry was hidden by us.
+        self.truth = images if loaded.masks is None else None
+        self.masks = masks.bool()
+        self._check_collection(images)
+        self.imputations = initial_fill(images, self.masks, self.init_fill, self.seed).share_memory_()
+        self.masks.share_memory_()
+        rank_zero_info(
+            f"MIRI data: {len(images)} images of shape {tuple(images.shape[1:])}, "
+            f"{100 * (1 - self.masks.float().mean()):.1f} % entries missing"
+        )
+
+    def _check_collection(self, images: torch.Tensor) -> None:
+        if self.masks.shape != images.shape:
+            raise DataError(f"masks have shape {tuple(self.masks.shape)}, expected {tuple(images.shape)}")
+        if len(self.masks) < self.batch_size:
+            raise ConfigError(
+                f"data.batch_size ({self.batch_size}) is larger than the collection ({len(self.masks)} images)"
+            )
+        never = ~self.masks.any(0)
+        if never.any():
+            rank_zero_warn(
+                f"{int(never.sum())} entries are missing in every image: nothing in the data "
+                "can tell what they hold, so their imputations are guesses from the rest."
+            )
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of every image; available after `setup()`."""
+        if self.masks is None:
+            self.setup()
+        return tuple(self.masks.shape[1:])
+
+    def set_imputations(self, new: torch.Tensor) -> None:
+        """Replace x_hat in place (workers share the storage); observed entries must be untouched."""
+        new = new.to(self.imputations.dtype).cpu()
+        if new.shape != self.imputations.shape:
+            raise DataError(f"new imputations have shape {tuple(new.shape)}, expected {tuple(self.imputations.shape)}")
+        if not torch.isfinite(new).all():
+            raise DataError("new imputations contain NaN or infinite values; the collection was left unchanged")
+        if not torch.equal(new[self.masks], self.imputations[self.masks]):
+            raise DataError("new imputations changed observed entries; the collection was left unchanged")
+        self.imputations.copy_(new)
+
+    # -- batches ----------------------------------------------------------
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            ImputationBatches(self.imputations, self.masks),
+            batch_size=self.batch_size,
+            sampler=EpochShuffleSampler(len(self.imputations), self.seed),
+            collate_fn=_whole_batch,
+            drop_last=True,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    # -- checkpoint state -----------------------------------------------
+
+    def _masks_digest(self) -> str:
+        return hashlib.sha1(self.masks.numpy().tobytes()).hexdigest()
+
+    def state_dict(self) -> dict:
+        """The current imputations and round: a checkpoint resumes with them, not from the initial fill."""
+        return {"imputations": self.imputations.clone(), "round": self.round, "masks_sha1": self._masks_digest()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Swap in a checkpoint's imputations (Lightning calls this after `setup()`)."""
+        if state.get("masks_sha1") != self._masks_digest():
+            raise DataError(
+                "the checkpoint's masks differ from this run's: resume with the same data and mask settings"
+            )
+        self.imputations.copy_(state["imputations"])
+        self.round = int(state["round"])

@@ -1,0 +1,434 @@
+"""Image sources: each loads a whole image collection into memory as an `ImageSet`.
+
+Sources are configured from YAML through jsonargparse/LightningCLI, so every option is a plain typed
+`__init__` argument with a default, documented in the class docstring.
+"""
+
+from __future__ import annotations
+
+import math
+import zipfile
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from miri_lightning.errors import ConfigError, DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+@dataclass
+class ImageSet:
+    """A whole image collection.
+
+    Attributes:
+        images: float32 (N, C, H, W) in [0, 1].
+        masks: bool (N, C, H, W), True = observed; None when the source has no masks of its own.
+    """
+
+    images: torch.Tensor
+    masks: torch.Tensor | None = None
+
+
+class ImageSource(ABC):
+    """Base class. Subclasses implement `load() -> ImageSet`."""
+
+    @abstractmethod
+    def load(self) -> ImageSet: ...
+
+
+def _check_num_images(num_images: int | None) -> int | None:
+    if num_images is not None and num_images < 1:
+        raise ConfigError(f"num_images must be None (all images) or >= 1, got {num_images}")
+    return num_images
+
+
+def _uint8_to_tensor(array: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W) or (N, H, W, C) -> float32 (N, C, H, W) in [0, 1]."""
+    tensor = torch.as_tensor(array)
+    if tensor.ndim == 3:
+        tensor = tensor.unsqueeze(-1)
+    return tensor.permute(0, 3, 1, 2).float().div_(255)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise DataError(f"image folder {folder} does not exist or is not a directory")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise DataError(f"image folder {folder} holds no images (expected files ending in {', '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
+def _read_image(path: Path, mode: str) -> Image.Image:
+    try:
+        with Image.open(path) as image:
+            return image.convert(mode)  # convert() decodes the whole file, so truncated files fail here
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"cannot read image file {path}: {err}") from err
+
+
+def _center_crop_resize(image: Image.Image, crop: int, size: int) -> Image.Image:
+    """Center crop to a `crop` x `crop` square, then resize to `size` x `size` (bicubic, antialiased)."""
+    # Images smaller than the crop (e.g. already cropped copies) are cropped to their short side instead of padded.
+    crop = min(crop, *image.size)
+    left, top = (image.width - crop) / 2, (image.height - crop) / 2
+    # PIL's resize with a box crops and resamples in one step and filters over the whole source support,
+    # which antialiases when shrinking.
+    return image.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + crop, top + crop))
+
+
+def _stack(images: list[Image.Image]) -> torch.Tensor:
+    return _uint8_to_tensor(np.stack([np.asarray(image) for image in images]))
+
+
+class Shapes(ImageSource):
+    """Synthetic RGB images drawn offline: the built-in default source, no download.
+
+    Each image has a smooth two-colour gradient background in a random direction and 2-4 filled shapes
+    (ellipses, rectangles, triangles, randomly rotated) in solid colours with sharp edges; in about half of
+    the images the first shape carries a stripe or checker texture. Shapes are rendered at 4x resolution and
+    box-filtered down, so edges are antialiased. Deterministic given the seed.
+
+    Args:
+        num_images: Number of images to generate (>= 1; None means the default of 2000).
+        image_size: Height and width of the square images in pixels (>= 8).
+        seed: Random seed; the same seed gives bit-identical images.
+    """
+
+    SUPERSAMPLE = 4
+    MAX_SHAPES = 4
+    # Supersampled pixels rendered at once: small enough that the intermediates stay in the CPU cache.
+    CHUNK_PIXELS = 2**18
+
+    def __init__(self, num_images: int | None = 2000, image_size: int = 32, seed: int = 0) -> None:
+        if image_size < 8:
+            raise ConfigError(f"Shapes image_size must be >= 8, got {image_size}")
+        self.num_images = _check_num_images(num_images) or 2000
+        self.image_size = image_size
+        self.seed = seed
+
+    def load(self) -> ImageSet:
+        params = self._draw_params()
+        chunk = max(1, self.CHUNK_PIXELS // (self.image_size * self.SUPERSAMPLE) ** 2)
+        chunks = [
+            self._render({k: v[i : i + chunk] for k, v in params.items()}) for i in range(0, self.num_images, chunk)
+        ]
+        return ImageSet(images=torch.cat(chunks))
+
+    def _draw_params(self) -> dict[str, torch.Tensor]:
+        # All randomness is drawn up front so the images do not depend on the chunk size.
+        n, s = self.num_images, self.MAX_SHAPES
+        gen = torch.Generator().manual_seed(self.seed)
+
+        def uniform(*shape: int, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+            return torch.rand(*shape, generator=gen) * (high - low) + low
+
+        return {
+            "bg_angle": uniform(n, high=2 * math.pi),
+            "bg_colors": uniform(n, 2, 3),
+            "active": torch.arange(s) < torch.randint(2, s + 1, (n, 1), generator=gen),
+            "kind": torch.randint(0, 3, (n, s), generator=gen),
+            "color": uniform(n, s, 3),
+            "center": uniform(n, s, 2, low=0.15, high=0.85),
+            "half_size": uniform(n, s, 2, low=0.08, high=0.28),
+            "angle": uniform(n, s, high=math.pi),
+            "textured": torch.rand(n, generator=gen) < 0.5,
+            "checker": torch.rand(n, generator=gen) < 0.5,
+            "texture_color": uniform(n, 3),
+            # Period of 3-6 output pixels: coarse enough to survive the downsampling.
+            "period": uniform(n, low=3.0, high=6.0) / self.image_size,
+        }
+
+    def _render(self, p: dict[str, torch.Tensor]) -> torch.Tensor:
+        res = self.image_size * self.SUPERSAMPLE
+        grid = (torch.arange(res, dtype=torch.float32) + 0.5) / res
+        x, y = grid.view(1, 1, res), grid.view(1, res, 1)
+
+        # Which shape is on top at each point (-1 = background; MAX_SHAPES = texture of shape 0): painting
+        # indices instead of colours keeps the per-shape work on one channel.
+        top = torch.full((len(p["kind"]), res, res), -1, dtype=torch.long)
+        for i in range(self.MAX_SHAPES):
+            u, v, inside = self._shape(p, i, x, y)
+            top.masked_fill_(inside & p["active"][:, i, None, None], i)
+            if i == 0:
+                top.masked_fill_(inside & self._texture(p, u, v), self.MAX_SHAPES)
+        palette = torch.cat([p["color"], p["texture_color"].unsqueeze(1)], dim=1)
+        fill = palette.gather(1, top.clamp(min=0).flatten(1).unsqueeze(-1).expand(-1, -1, 3))
+        fill = fill.transpose(1, 2).unflatten(2, (res, res))
+        canvas = torch.where((top >= 0).unsqueeze(1), fill, self._background(p, x, y))
+        # Rounding in the gradient can step a hair outside [0, 1].
+        return F.avg_pool2d(canvas, self.SUPERSAMPLE).clamp_(0, 1)
+
+    @staticmethod
+    def _background(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        cos, sin = p["bg_angle"].cos().view(-1, 1, 1), p["bg_angle"].sin().view(-1, 1, 1)
+        # Normalise the projection by its range over the unit square so the gradient spans both colours.
+        low = cos.clamp(max=0) + sin.clamp(max=0)
+        t = ((x * cos + y * sin - low) / (cos.abs() + sin.abs())).unsqueeze(1)
+        c0, c1 = p["bg_colors"][:, 0, :, None, None], p["bg_colors"][:, 1, :, None, None]
+        return c0 + (c1 - c0) * t
+
+    @staticmethod
+    def _shape(
+        p: dict[str, torch.Tensor], i: int, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Coordinates in shape i's rotated frame, and which points the shape covers."""
+        cx, cy = (p["center"][:, i, k, None, None] for k in range(2))
+        a, b = (p["half_size"][:, i, k, None, None] for k in range(2))
+        cos, sin = p["angle"][:, i, None, None].cos(), p["angle"][:, i, None, None].sin()
+        du = (x - cx) * cos + (y - cy) * sin
+        dv = (y - cy) * cos - (x - cx) * sin
+        u, v = du / a, dv / b
+        kind = p["kind"][:, i, None, None]
+        abs_u = u.abs()
+        ellipse = u.square_().add_(v.square()) <= 1
+        rectangle = torch.maximum(abs_u, v.abs()) <= 1
+        triangle = (v >= -1) & (abs_u.mul_(2).add_(v) <= 1)  # apex at v = 1, base on v = -1
+        return du, dv, ((kind == 0) & ellipse) | ((kind == 1) & rectangle) | ((kind == 2) & triangle)
+
+    @staticmethod
+    def _texture(p: dict[str, torch.Tensor], u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        period = p["period"].view(-1, 1, 1)
+        bands_u = torch.floor(2 * u / period).long()
+        bands_v = torch.floor(2 * v / period).long()
+        pattern = (bands_u + p["checker"].view(-1, 1, 1) * bands_v) % 2 == 0  # checker adds the v bands
+        return pattern & p["textured"].view(-1, 1, 1)
+
+
+class NpzImages(ImageSource):
+    """Images from a NumPy `.npz` archive.
+
+    The image array is (N, H, W) or (N, H, W, C) with C = 1 or 3, either uint8 (0..255) or float in [0, 1].
+    NaN entries of a float array mark missing values: they become 0 in the images and False in the masks.
+    If the archive holds an array under `mask_key`, (N, H, W) (shared by all channels) or (N, H, W, C),
+    with values 0/1 (1 = observed), it gives the masks (combined with any NaNs).
+
+    Args:
+        path: Path of the `.npz` file.
+        key: Name of the image array in the archive.
+        mask_key: Name of the optional mask array; None ignores masks in the file.
+        num_images: Use only the first `num_images` images (>= 1); None uses all.
+    """
+
+    def __init__(
+        self, path: str | Path, key: str = "images", mask_key: str | None = "masks", num_images: int | None = None
+    ) -> None:
+        self.path = Path(path)
+        self.key = key
+        self.mask_key = mask_key
+        self.num_images = _check_num_images(num_images)
+
+    def load(self) -> ImageSet:
+        arrays = self._read_arrays()
+        images, masks = self._images(arrays[self.key])
+        if self.mask_key is not None and self.mask_key in arrays:
+            file_masks = self._masks(arrays[self.mask_key], images.shape)
+            masks = file_masks if masks is None else masks & file_masks
+        return ImageSet(images=images, masks=masks)
+
+    def _read_arrays(self) -> dict[str, np.ndarray]:
+        try:
+            archive = np.load(self.path, allow_pickle=False)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise DataError(f"cannot read {self.path} as an .npz archive: {err}") from err
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise DataError(f"{self.path} is a single .npy array, expected an .npz archive")
+        with archive:
+            if self.key not in archive.files:
+                raise DataError(f"{self.path} has no array {self.key!r}; it holds: {', '.join(archive.files) or 'nothing'}")
+            wanted = [k for k in (self.key, self.mask_key) if k in archive.files]
+            try:
+                return {k: archive[k][: self.num_images] for k in wanted}
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+                raise DataError(f"cannot read the arrays {wanted} of {self.path}: {err}") from err
+
+    def _images(self, array: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        where = f"{self.path} array {self.key!r}"
+        if array.ndim not in (3, 4) or (array.ndim == 4 and array.shape[-1] not in (1, 3)):
+            raise DataError(f"{where} has shape {array.shape}, expected (N, H, W) or (N, H, W, C) with C 1 or 3")
+        if array.dtype == np.uint8:
+            return _uint8_to_tensor(array), None
+        if not np.issubdtype(array.dtype, np.floating):
+            raise DataError(f"{where} has dtype {array.dtype}, expected uint8 (0..255) or float in [0, 1]")
+        images = torch.from_numpy(array.astype(np.float32)).reshape(*array.shape[:3], -1).permute(0, 3, 1, 2)
+        observed = ~images.isnan()
+        values = images[observed]
+        if values.numel() and (values.min() < 0 or values.max() > 1):
+            raise DataError(
+                f"{where} has float values in [{values.min():.4g}, {values.max():.4g}], expected [0, 1] (NaN = missing)"
+            )
+        if observed.all():
+            return images.contiguous(), None
+        return images.nan_to_num(0.0).contiguous(), observed.contiguous()
+
+    def _masks(self, array: np.ndarray, image_shape: torch.Size) -> torch.Tensor:
+        n, c, h, w = image_shape
+        where = f"{self.path} array {self.mask_key!r}"
+        if array.shape not in ((n, h, w), (n, h, w, c)):
+            raise DataError(f"{where} has shape {array.shape}, expected {(n, h, w)} or {(n, h, w, c)} to match the images")
+        if not np.isin(array, (0, 1)).all():
+            raise DataError(f"{where} must hold only 0/1 (1 = observed)")
+        masks = torch.from_numpy(array.astype(bool)).reshape(n, h, w, -1).permute(0, 3, 1, 2)
+        return masks.expand(n, c, h, w).contiguous()
+
+
+class ImageFolder(ImageSource):
+    """All PNG/JPEG/BMP/WEBP images in one folder (not recursive), in file name order.
+
+    Args:
+        path: The folder.
+        image_size: If given, center crop every image to a square and resize it to this size (bicubic, antialiased).
+            If None, all images must already have the same size.
+        channels: 3 converts to RGB, 1 to grayscale.
+        num_images: Use only the first `num_images` files (>= 1); None uses all.
+    """
+
+    def __init__(
+        self, path: str | Path, image_size: int | None = None, channels: int = 3, num_images: int | None = None
+    ) -> None:
+        if channels not in (1, 3):
+            raise ConfigError(f"ImageFolder channels must be 1 or 3, got {channels}")
+        if image_size is not None and image_size < 1:
+            raise ConfigError(f"ImageFolder image_size must be None or >= 1, got {image_size}")
+        self.path = Path(path)
+        self.image_size = image_size
+        self.channels = channels
+        self.num_images = _check_num_images(num_images)
+
+    def load(self) -> ImageSet:
+        mode = "RGB" if self.channels == 3 else "L"
+        files = _image_files(self.path)[: self.num_images]
+        images = [_read_image(f, mode) for f in files]
+        if self.image_size is not None:
+            images = [_center_crop_resize(im, min(im.size), self.image_size) for im in images]
+        else:
+            for file, image in zip(files, images):
+                if image.size != images[0].size:
+                    raise DataError(
+                        f"image {file} is {image.width}x{image.height} but {files[0].name} is "
+                        f"{images[0].width}x{images[0].height}; set image_size to resize them all"
+                    )
+        return ImageSet(images=_stack(images))
+
+
+class CIFAR10(ImageSource):
+    """CIFAR-10 (3x32x32) through `torchvision.datasets.CIFAR10` (reads `root/cifar-10-batches-py/`).
+
+    Args:
+        root: Folder that holds (or will receive) `cifar-10-batches-py/`.
+        train: True for the 50,000 training images, False for the 10,000 test images.
+        download: Download the data set into `root` if it is missing.
+        num_images: Use only the first `num_images` images (>= 1); None uses all.
+    """
+
+    def __init__(
+        self, root: str | Path = "data", train: bool = True, download: bool = False, num_images: int | None = None
+    ) -> None:
+        self.root = Path(root)
+        self.train = train
+        self.download = download
+        self.num_images = _check_num_images(num_images)
+
+    def load(self) -> ImageSet:
+        from torchvision.datasets import CIFAR10 as TorchCIFAR10
+
+        try:
+            dataset = TorchCIFAR10(self.root, train=self.train, download=self.download)
+        except (RuntimeError, OSError, ValueError, EOFError) as err:
+            raise DataError(f"cannot load CIFAR-10 from {self.root / 'cifar-10-batches-py'}: {err}") from err
+        # `.data` is already a uint8 (N, 32, 32, 3) array: no per-item PIL round trip needed.
+        return ImageSet(images=_uint8_to_tensor(dataset.data[: self.num_images]))
+
+
+class MNIST(ImageSource):
+    """MNIST digits through `torchvision.datasets.MNIST` (reads `root/MNIST/raw/*-ubyte`), resized to 1x32x32.
+
+    Args:
+        root: Folder that holds (or will receive) `MNIST/raw/`.
+        train: True for the 60,000 training images, False for the 10,000 test images.
+        download: Download the data set into `root` if it is missing.
+        num_images: Use only the first `num_images` images (>= 1); None uses all.
+    """
+
+    IMAGE_SIZE = 32
+
+    def __init__(
+        self, root: str | Path = "data", train: bool = True, download: bool = False, num_images: int | None = None
+    ) -> None:
+        self.root = Path(root)
+        self.train = train
+        self.download = download
+        self.num_images = _check_num_images(num_images)
+
+    def load(self) -> ImageSet:
+        from torchvision.datasets import MNIST as TorchMNIST
+
+        try:
+            dataset = TorchMNIST(self.root, train=self.train, download=self.download)
+        # torchvision's IDX parser reports malformed files with assert/TypeError/ValueError.
+        except (RuntimeError, OSError, ValueError, TypeError, AssertionError) as err:
+            raise DataError(f"cannot load MNIST from {self.root / 'MNIST' / 'raw'}: {err}") from err
+        images = _uint8_to_tensor(dataset.data[: self.num_images])
+        # Upsampling 28 -> 32, where bilinear needs no antialiasing and stays within [0, 1].
+        return ImageSet(images=F.interpolate(images, size=self.IMAGE_SIZE, mode="bilinear", align_corners=False))
+
+
+class CelebA(ImageSource):
+    """CelebA aligned faces, center cropped to 140x140 (of 178x218) and resized to `image_size`.
+
+    Reads through `torchvision.datasets.CelebA` (`root/celeba/img_align_celeba/` plus its five `.txt`
+    annotation files, which torchvision requires and checks by md5 even though no targets are used), or,
+    when `folder` is given, from a plain folder of the aligned JPEGs in file name order (the official
+    download often fails); `split` is then ignored.
+
+    Args:
+        root: Folder that holds (or will receive) `celeba/`.
+        split: One of "train", "valid", "test", "all".
+        download: Download the data set into `root` if it is missing (needs gdown).
+        folder: A folder of img_align_celeba JPEGs to use instead of torchvision's layout.
+        num_images: Use only the first `num_images` images (>= 1); None uses all.
+        image_size: Height and width of the resized square images.
+    """
+
+    CROP = 140
+
+    def __init__(
+        self,
+        root: str | Path = "data",
+        split: str = "train",
+        download: bool = False,
+        folder: str | Path | None = None,
+        num_images: int | None = None,
+        image_size: int = 64,
+    ) -> None:
+        if split not in ("train", "valid", "test", "all"):
+            raise ConfigError(f"CelebA split must be one of train, valid, test, all; got {split!r}")
+        if image_size < 1:
+            raise ConfigError(f"CelebA image_size must be >= 1, got {image_size}")
+        self.root = Path(root)
+        self.split = split
+        self.download = download
+        self.folder = None if folder is None else Path(folder)
+        self.num_images = _check_num_images(num_images)
+        self.image_size = image_size
+
+    def load(self) -> ImageSet:
+        files = _image_files(self.folder) if self.folder is not None else self._torchvision_files()
+        images = [_read_image(f, "RGB") for f in files[: self.num_images]]
+        return ImageSet(images=_stack([_center_crop_resize(im, self.CROP, self.image_size) for im in images]))
+
+    def _torchvision_files(self) -> list[Path]:
+        from torchvision.datasets import CelebA as TorchCelebA
+
+        try:
+            dataset = TorchCelebA(self.root, split=self.split, target_type=[], download=self.download)
+        except (RuntimeError, OSError, ValueError) as err:
+            raise DataError(f"cannot load CelebA from {self.root / 'celeba'}: {err}") from err
+        # Only the split's file list is taken from torchvision; decoding and cropping are shared with the folder mode.
+        return [Path(dataset.root, dataset.base_folder, "img_align_celeba", name) for name in dataset.filename]

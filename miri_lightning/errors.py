@@ -1,0 +1,13 @@
+"""The project's own error types: every bad input ends in one of these, with a message that says what to fix."""
+
+
+class MIRIError(Exception):
+    """Base class of every error miri-lightning raises on purpose."""
+
+
+class DataError(MIRIError, ValueError):
+    """Images, masks or files that cannot be used as they are (names the file, key or tensor)."""
+
+
+class ConfigError(MIRIError, ValueError):
+    """A configuration value that cannot work (names the key)."""

@@ -1,0 +1,37 @@
+"""Image grids of a round: masked input | imputation | ground truth, for files and for loggers."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
+from torchvision.utils import make_grid
+
+# Missing entries are drawn in this colour (magenta: rare in natural images).
+MISSING_COLOUR = torch.tensor([1.0, 0.0, 1.0])
+
+
+def _rgb(images: torch.Tensor) -> torch.Tensor:
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+
+def show_missing(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """RGB copies of `images` with every pixel that has a missing channel painted MISSING_COLOUR."""
+    pixel_missing = (~masks.bool()).any(1, keepdim=True)
+    return torch.where(pixel_missing, MISSING_COLOUR.view(1, 3, 1, 1), _rgb(images))
+
+
+def imputation_grid(imputed: torch.Tensor, masks: torch.Tensor, truth: Optional[torch.Tensor] = None):
+    """Rows: masked input, imputation, ground truth (when known); one column per image."""
+    rows = [show_missing(imputed, masks), _rgb(imputed)] + ([_rgb(truth)] if truth is not None else [])
+    return make_grid(torch.cat(rows).float(), nrow=len(imputed), padding=2, pad_value=1.0)
+
+
+def log_grid(loggers: list[Logger], key: str, grid: torch.Tensor, step: int) -> None:
+    """Send a grid to every logger that takes images (W&B, TensorBoard); others get the PNG file only."""
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[grid.permute(1, 2, 0).numpy()])
+        elif isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(key, grid, global_step=step)

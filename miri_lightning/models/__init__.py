@@ -1,0 +1,5 @@
+"""Velocity-field networks."""
+
+from .unet import UNetConfig, VelocityUNet
+
+__all__ = ["UNetConfig", "VelocityUNet"]

@@ -1,0 +1,150 @@
+"""The LightningModule: MIRI's rectified-flow training, EMA weights, the ODE solve, the per-round weights."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Optional, Union
+
+import torch
+from lightning.pytorch import LightningModule
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from .errors import ConfigError
+from .flow import SolverConfig, derangement, missing_mse, solve, training_pair
+from .models.unet import UNetConfig, VelocityUNet
+
+
+class MIRI(LightningModule):
+    """Trains the velocity field of the current round and re-imputes with its EMA weights.
+
+    Args:
+        net: shape of the U-Net (see `UNetConfig`).
+        lr: AdamW learning rate (batch size is per device, and so is this rate:
+            it is not scaled with the number of devices).
+        weight_decay: AdamW weight decay.
+        warmup_steps: linear learning-rate warm-up, at the start of training and
+            again at the start of each round whose network is re-initialised.
+        ema_decay: decay of the exponential moving average of the weights; the
+            EMA weights do the re-imputation and are what each round keeps.
+        solver: how the re-imputation ODE is solved.
+        seed: seed of the network initialisation and of the training draws
+            (partners, tau), which depend only on (seed, epoch, rank) so that a
+            resumed run draws what an uninterrupted one would.
+        image_shape: (C, H, W); filled in from the datamodule when left out.
+    """
+
+    def __init__(
+        self,
+        net: Union[UNetConfig, dict] = UNetConfig(),
+        lr: float = 2e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 100,
+        ema_decay: float = 0.999,
+        solver: Union[SolverConfig, dict] = SolverConfig(),
+        seed: int = 0,
+        image_shape: Optional[tuple[int, int, int]] = None,
+    ):
+        super().__init__()
+        # Checkpoints store plain dicts, so that loading them needs no pickled classes.
+        net = net if isinstance(net, UNetConfig) else UNetConfig(**net)
+        solver = solver if isinstance(solver, SolverConfig) else SolverConfig(**solver)
+        if lr <= 0 or warmup_steps < 0 or not 0 <= ema_decay < 1:
+            raise ConfigError(
+                f"model: need lr > 0, warmup_steps >= 0 and 0 <= ema_decay < 1; got {lr}, {warmup_steps}, {ema_decay}"
+            )
+        self.save_hyperparameters(
+            {"net": asdict(net), "lr": lr, "weight_decay": weight_decay, "warmup_steps": warmup_steps,
+             "ema_decay": ema_decay, "solver": asdict(solver), "seed": seed, "image_shape": image_shape}
+        )
+        self.net_config, self.solver = net, solver
+        self.velocity: Optional[VelocityUNet] = None
+        self.ema: Optional[AveragedModel] = None
+        self.round_weights: list[dict[str, torch.Tensor]] = []  # EMA weights of rounds 1..T, on the CPU
+        self.round_start_step = 0
+        if image_shape is not None:
+            self._build(tuple(image_shape))
+
+    # -- network ----------------------------------------------------------
+
+    def _build(self, shape: tuple[int, int, int]) -> None:
+        channels, height, width = shape
+        if height != width:
+            raise ConfigError(f"images must be square for the U-Net, got {height}x{width}")
+        self.hparams["image_shape"] = shape
+        self.velocity = VelocityUNet(channels, height, self.net_config)
+        self.velocity.reset_parameters(seed=self.hparams.seed)
+        self.ema = AveragedModel(self.velocity, multi_avg_fn=get_ema_multi_avg_fn(self.hparams.ema_decay),
+                                 use_buffers=True)
+        self.ema.requires_grad_(False)
+
+    def configure_model(self) -> None:
+        if self.velocity is None:
+            self._build(tuple(self.trainer.datamodule.image_shape))
+
+    def start_round(self, index: int, fresh: bool) -> None:
+        """Prepare round `index`: a fresh network (the paper's choice) or keep training (warm start)."""
+        if not fresh:
+            return
+        self.velocity.reset_parameters(seed=self.hparams.seed + 7919 * index)
+        self.ema.n_averaged.zero_()  # the next EMA update copies the fresh weights
+        for optimizer in self.trainer.optimizers:
+            optimizer.state.clear()
+        self.round_start_step = self.global_step
+
+    def finish_round(self) -> None:
+        """Keep this round's EMA weights: imputing new images later replays v_1 ... v_T."""
+        self.round_weights.append({k: v.detach().cpu().clone() for k, v in self.ema.module.state_dict().items()})
+
+    # -- training ---------------------------------------------------------
+
+    def on_train_epoch_start(self) -> None:
+        seed = (self.hparams.seed * 1_000_003 + self.current_epoch * 1009 + self.global_rank) % 2**63
+        torch.manual_seed(seed)
+
+    def training_step(self, batch, batch_idx):
+        _, x0, m = batch
+        m = m.to(x0.dtype)
+        x1 = x0[derangement(len(x0), device=x0.device)]  # partners independent of the images
+        tau = torch.rand(len(x0), device=x0.device)
+        a, b, target = training_pair(x0, x1, m, tau)
+        loss = missing_mse(self.velocity(a, b, m, tau), target, m)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.ema.update_parameters(self.velocity)
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.velocity.parameters(), lr=self.hparams.lr,
+                                      weight_decay=self.hparams.weight_decay)
+        warmup = max(1, self.hparams.warmup_steps)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: min(1.0, (step - self.round_start_step + 1) / warmup)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # -- imputation -------------------------------------------------------
+
+    @torch.inference_mode()
+    def impute(self, images: torch.Tensor, masks: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """One solve of the current round's ODE with the EMA weights, in batches; returns CPU tensors."""
+        net = self.ema.module
+        was_training = net.training
+        net.eval()
+        out = []
+        for start in range(0, len(images), batch_size):
+            z0 = images[start:start + batch_size].to(self.device, non_blocking=True)
+            m = masks[start:start + batch_size].to(self.device, non_blocking=True)
+            out.append(solve(net, z0, m, self.solver).cpu())
+        net.train(was_training)
+        return torch.cat(out) if out else images.new_empty((0, *images.shape[1:]))
+
+    # -- checkpoint -------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["miri"] = {"round_weights": self.round_weights, "round_start_step": self.round_start_step}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("miri", {})
+        self.round_weights = list(state.get("round_weights", []))
+        self.round_start_step = int(state.get("round_start_step", 0))
