@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 
@@ -65,14 +65,13 @@ class LogConfig(SaveConfigCallback):
 
 
 class MIRICLI(LightningCLI):
-    """LightningCLI plus the `rounds`, `checkpoint`, `progress_bar` and `logging` sections and `--ckpt_path`."""
+    """LightningCLI plus the `rounds`, `checkpoint` and `logging` sections and `--ckpt_path`."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--ckpt_path", type=Optional[str], default=None,
                             help="resume from this checkpoint (e.g. RUN/checkpoints/last.ckpt)")
         parser.add_class_arguments(LoggingConfig, "logging")
         parser.add_lightning_class_args(MIRIRounds, "rounds")
-        parser.add_lightning_class_args(RoundProgressBar, "progress_bar")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({
             "trainer.default_root_dir": "checkpoints/miri",
@@ -91,7 +90,10 @@ class MIRICLI(LightningCLI):
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
         if config["trainer"].get("logger") is None:
             kwargs["logger"] = make_logger(config["logging"], config["trainer"]["default_root_dir"])
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        # Lightning's default bar, when it is on, becomes one that shows the round.
+        trainer.callbacks = [RoundProgressBar() if type(cb) is TQDMProgressBar else cb for cb in trainer.callbacks]
+        return trainer
 
 
 def main(args: Optional[list[str]] = None) -> None:

@@ -53,7 +53,8 @@ def _uint8_to_tensor(array: np.ndarray | torch.Tensor) -> torch.Tensor:
     tensor = torch.as_tensor(array)
     if tensor.ndim == 3:
         tensor = tensor.unsqueeze(-1)
-    return tensor.permute(0, 3, 1, 2).float().div_(255)
+    # Made contiguous while still uint8, the cheaper copy; float() keeps the layout.
+    return tensor.permute(0, 3, 1, 2).contiguous().float().div_(255)
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -61,7 +62,9 @@ def _image_files(folder: Path) -> list[Path]:
         raise DataError(f"image folder {folder} does not exist or is not a directory")
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not files:
-        raise DataError(f"image folder {folder} holds no images (expected files ending in {', '.join(IMAGE_EXTENSIONS)})")
+        raise DataError(
+            f"image folder {folder} holds no images (expected files ending in {', '.join(IMAGE_EXTENSIONS)})"
+        )
     return files
 
 
@@ -77,10 +80,10 @@ def _center_crop_resize(image: Image.Image, crop: int, size: int) -> Image.Image
     """Center crop to a `crop` x `crop` square, then resize to `size` x `size` (bicubic, antialiased)."""
     # Images smaller than the crop (e.g. already cropped copies) are cropped to their short side instead of padded.
     crop = min(crop, *image.size)
-    left, top = (image.width - crop) / 2, (image.height - crop) / 2
-    # PIL's resize with a box crops and resamples in one step and filters over the whole source support,
-    # which antialiases when shrinking.
-    return image.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + crop, top + crop))
+    left, top = round((image.width - crop) / 2), round((image.height - crop) / 2)
+    # Cropping first keeps the resize filter from reaching pixels outside the crop; PIL's resize filters over
+    # the whole source support, which antialiases when shrinking.
+    return image.crop((left, top, left + crop, top + crop)).resize((size, size), Image.Resampling.BICUBIC)
 
 
 def _stack(images: list[Image.Image]) -> torch.Tensor:
@@ -92,8 +95,9 @@ class Shapes(ImageSource):
 
     Each image has a smooth two-colour gradient background in a random direction and 2-4 filled shapes
     (ellipses, rectangles, triangles, randomly rotated) in solid colours with sharp edges; in about half of
-    the images the first shape carries a stripe or checker texture. Shapes are rendered at 4x resolution and
-    box-filtered down, so edges are antialiased. Deterministic given the seed.
+    the images the first shape carries a stripe or checker texture. Edges are antialiased analytically: a pixel
+    takes the share of a shape given by its signed distance to the edge (a one-pixel ramp, which is what
+    box-filtering a sharp straight edge gives). Deterministic given the seed.
 
     Args:
         num_images: Number of images to generate (>= 1; None means the default of 2000).
@@ -101,10 +105,8 @@ class Shapes(ImageSource):
         seed: Random seed; the same seed gives bit-identical images.
     """
 
-    SUPERSAMPLE = 4
     MAX_SHAPES = 4
-    # Supersampled pixels rendered at once: small enough that the intermediates stay in the CPU cache.
-    CHUNK_PIXELS = 2**18
+    CHUNK_PIXELS = 2**20  # pixels rendered at once, bounds the memory of the intermediates
 
     def __init__(self, num_images: int | None = 2000, image_size: int = 32, seed: int = 0) -> None:
         if image_size < 8:
@@ -115,55 +117,52 @@ class Shapes(ImageSource):
 
     def load(self) -> ImageSet:
         params = self._draw_params()
-        chunk = max(1, self.CHUNK_PIXELS // (self.image_size * self.SUPERSAMPLE) ** 2)
+        chunk = max(1, self.CHUNK_PIXELS // self.image_size**2)
         chunks = [
             self._render({k: v[i : i + chunk] for k, v in params.items()}) for i in range(0, self.num_images, chunk)
         ]
         return ImageSet(images=torch.cat(chunks))
 
     def _draw_params(self) -> dict[str, torch.Tensor]:
-        # All randomness is drawn up front so the images do not depend on the chunk size.
-        n, s = self.num_images, self.MAX_SHAPES
-        gen = torch.Generator().manual_seed(self.seed)
-
-        def uniform(*shape: int, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
-            return torch.rand(*shape, generator=gen) * (high - low) + low
-
+        # All randomness comes from one (N, K) draw, row by row, so image i is the same whatever num_images and
+        # the chunk size are; each parameter is a slice of the columns, mapped from [0, 1) to its range.
+        s = self.MAX_SHAPES
+        shapes = {
+            "bg_angle": (), "bg_colors": (2, 3), "count": (), "kind": (s,), "color": (s, 3), "center": (s, 2),
+            "half_size": (s, 2), "angle": (s,), "textured": (), "checker": (), "texture_color": (3,), "period": (),
+        }  # fmt: skip
+        widths = [math.prod(shape) for shape in shapes.values()]
+        draws = torch.rand(self.num_images, sum(widths), generator=torch.Generator().manual_seed(self.seed))
+        r = {k: d.reshape(-1, *shape) for (k, shape), d in zip(shapes.items(), draws.split(widths, dim=1))}
         return {
-            "bg_angle": uniform(n, high=2 * math.pi),
-            "bg_colors": uniform(n, 2, 3),
-            "active": torch.arange(s) < torch.randint(2, s + 1, (n, 1), generator=gen),
-            "kind": torch.randint(0, 3, (n, s), generator=gen),
-            "color": uniform(n, s, 3),
-            "center": uniform(n, s, 2, low=0.15, high=0.85),
-            "half_size": uniform(n, s, 2, low=0.08, high=0.28),
-            "angle": uniform(n, s, high=math.pi),
-            "textured": torch.rand(n, generator=gen) < 0.5,
-            "checker": torch.rand(n, generator=gen) < 0.5,
-            "texture_color": uniform(n, 3),
-            # Period of 3-6 output pixels: coarse enough to survive the downsampling.
-            "period": uniform(n, low=3.0, high=6.0) / self.image_size,
+            "bg_angle": r["bg_angle"] * 2 * math.pi,
+            "bg_colors": r["bg_colors"],
+            "active": torch.arange(s) < 2 + (r["count"] * (s - 1)).long().unsqueeze(1),  # 2..MAX_SHAPES shapes
+            "kind": (r["kind"] * 3).long(),
+            "color": r["color"],
+            "center": 0.15 + 0.7 * r["center"],
+            "half_size": 0.08 + 0.2 * r["half_size"],
+            "angle": r["angle"] * math.pi,
+            "textured": r["textured"] < 0.5,
+            "checker": r["checker"] < 0.5,
+            "texture_color": r["texture_color"],
+            "period": 3 + 3 * r["period"],  # pixels: finer textures would blur into a flat colour
         }
 
     def _render(self, p: dict[str, torch.Tensor]) -> torch.Tensor:
-        res = self.image_size * self.SUPERSAMPLE
-        grid = (torch.arange(res, dtype=torch.float32) + 0.5) / res
-        x, y = grid.view(1, 1, res), grid.view(1, res, 1)
-
-        # Which shape is on top at each point (-1 = background; MAX_SHAPES = texture of shape 0): painting
-        # indices instead of colours keeps the per-shape work on one channel.
-        top = torch.full((len(p["kind"]), res, res), -1, dtype=torch.long)
+        size = self.image_size
+        grid = torch.arange(size, dtype=torch.float32) + 0.5  # pixel centres, in pixels
+        x, y = grid.view(1, 1, size), grid.view(1, size, 1)
+        canvas = self._background(p, x / size, y / size)
         for i in range(self.MAX_SHAPES):
-            u, v, inside = self._shape(p, i, x, y)
-            top.masked_fill_(inside & p["active"][:, i, None, None], i)
+            du, dv, distance = self._shape(p, i, x, y, size)
+            color = p["color"][:, i, :, None, None]
             if i == 0:
-                top.masked_fill_(inside & self._texture(p, u, v), self.MAX_SHAPES)
-        palette = torch.cat([p["color"], p["texture_color"].unsqueeze(1)], dim=1)
-        fill = palette.gather(1, top.clamp(min=0).flatten(1).unsqueeze(-1).expand(-1, -1, 3))
-        fill = fill.transpose(1, 2).unflatten(2, (res, res))
-        canvas = torch.where((top >= 0).unsqueeze(1), fill, self._background(p, x, y))
-        # Rounding in the gradient can step a hair outside [0, 1].
-        return F.avg_pool2d(canvas, self.SUPERSAMPLE).clamp_(0, 1)
+                color = color + self._texture(p, du, dv).unsqueeze(1) * (p["texture_color"][:, :, None, None] - color)
+            coverage = (0.5 - distance).clamp_(0, 1) * p["active"][:, i, None, None]
+            canvas = canvas + coverage.unsqueeze(1) * (color - canvas)
+        # Rounding in the blends can step a hair outside [0, 1].
+        return canvas.clamp_(0, 1)
 
     @staticmethod
     def _background(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -176,29 +175,40 @@ class Shapes(ImageSource):
 
     @staticmethod
     def _shape(
-        p: dict[str, torch.Tensor], i: int, x: torch.Tensor, y: torch.Tensor
+        p: dict[str, torch.Tensor], i: int, x: torch.Tensor, y: torch.Tensor, size: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Coordinates in shape i's rotated frame, and which points the shape covers."""
-        cx, cy = (p["center"][:, i, k, None, None] for k in range(2))
-        a, b = (p["half_size"][:, i, k, None, None] for k in range(2))
+        """Coordinates in shape i's rotated frame and signed distance to its edge (negative inside), in pixels."""
+        cx, cy = (p["center"][:, i, k, None, None] * size for k in range(2))
+        a, b = (p["half_size"][:, i, k, None, None] * size for k in range(2))
         cos, sin = p["angle"][:, i, None, None].cos(), p["angle"][:, i, None, None].sin()
         du = (x - cx) * cos + (y - cy) * sin
         dv = (y - cy) * cos - (x - cx) * sin
-        u, v = du / a, dv / b
+        # Ellipse: the implicit function over its gradient length, exact enough within the pixel around the edge
+        # (at the centre it is -1/0 = -inf, fully inside).
+        ellipse = ((du / a).square() + (dv / b).square() - 1) / (2 * torch.hypot(du / a**2, dv / b**2))
+        rectangle = torch.maximum(du.abs() - a, dv.abs() - b)
+        # Triangle with its apex at (0, b) and base from (-a, -b) to (a, -b): the farthest of its three edge lines.
+        triangle = torch.maximum(-b - dv, (2 * b * du.abs() + a * dv - a * b) / torch.hypot(2 * b, a))
         kind = p["kind"][:, i, None, None]
-        abs_u = u.abs()
-        ellipse = u.square_().add_(v.square()) <= 1
-        rectangle = torch.maximum(abs_u, v.abs()) <= 1
-        triangle = (v >= -1) & (abs_u.mul_(2).add_(v) <= 1)  # apex at v = 1, base on v = -1
-        return du, dv, ((kind == 0) & ellipse) | ((kind == 1) & rectangle) | ((kind == 2) & triangle)
+        return du, dv, torch.where(kind == 0, ellipse, torch.where(kind == 1, rectangle, triangle))
 
     @staticmethod
-    def _texture(p: dict[str, torch.Tensor], u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        period = p["period"].view(-1, 1, 1)
-        bands_u = torch.floor(2 * u / period).long()
-        bands_v = torch.floor(2 * v / period).long()
-        pattern = (bands_u + p["checker"].view(-1, 1, 1) * bands_v) % 2 == 0  # checker adds the v bands
-        return pattern & p["textured"].view(-1, 1, 1)
+    def _texture(p: dict[str, torch.Tensor], du: torch.Tensor, dv: torch.Tensor) -> torch.Tensor:
+        """Share of the texture colour per pixel: stripes along u, or a checker; 0 where untextured."""
+        width = p["period"].view(-1, 1, 1) / 2
+        even_u, even_v = _even_band(du, width), _even_band(dv, width)
+        checker = even_u * even_v + (1 - even_u) * (1 - even_v)
+        pattern = torch.where(p["checker"].view(-1, 1, 1), checker, even_u)
+        return pattern * p["textured"].view(-1, 1, 1)
+
+
+def _even_band(coord: torch.Tensor, width: torch.Tensor) -> torch.Tensor:
+    """How much of the pixel at `coord` lies in an even-numbered band of `width` pixels (antialiased 0..1)."""
+    phase = coord / width
+    band = torch.floor(phase)
+    to_edge = torch.minimum(phase - band, band + 1 - phase) * width
+    sign = 1 - 2 * band.remainder(2)  # +1 in even bands, -1 in odd ones
+    return (0.5 + sign * to_edge).clamp_(0, 1)
 
 
 class NpzImages(ImageSource):
@@ -241,7 +251,8 @@ class NpzImages(ImageSource):
             raise DataError(f"{self.path} is a single .npy array, expected an .npz archive")
         with archive:
             if self.key not in archive.files:
-                raise DataError(f"{self.path} has no array {self.key!r}; it holds: {', '.join(archive.files) or 'nothing'}")
+                found = ", ".join(archive.files) or "nothing"
+                raise DataError(f"{self.path} has no array {self.key!r}; it holds: {found}")
             wanted = [k for k in (self.key, self.mask_key) if k in archive.files]
             try:
                 return {k: archive[k][: self.num_images] for k in wanted}
@@ -271,7 +282,9 @@ class NpzImages(ImageSource):
         n, c, h, w = image_shape
         where = f"{self.path} array {self.mask_key!r}"
         if array.shape not in ((n, h, w), (n, h, w, c)):
-            raise DataError(f"{where} has shape {array.shape}, expected {(n, h, w)} or {(n, h, w, c)} to match the images")
+            raise DataError(
+                f"{where} has shape {array.shape}, expected {(n, h, w)} or {(n, h, w, c)} to match the images"
+            )
         if not np.isin(array, (0, 1)).all():
             raise DataError(f"{where} must hold only 0/1 (1 = observed)")
         masks = torch.from_numpy(array.astype(bool)).reshape(n, h, w, -1).permute(0, 3, 1, 2)
@@ -430,5 +443,8 @@ class CelebA(ImageSource):
             dataset = TorchCelebA(self.root, split=self.split, target_type=[], download=self.download)
         except (RuntimeError, OSError, ValueError) as err:
             raise DataError(f"cannot load CelebA from {self.root / 'celeba'}: {err}") from err
+        if not dataset.filename:
+            partition = self.root / "celeba" / "list_eval_partition.txt"
+            raise DataError(f"{partition} lists no images for split {self.split!r}")
         # Only the split's file list is taken from torchvision; decoding and cropping are shared with the folder mode.
         return [Path(dataset.root, dataset.base_folder, "img_align_celeba", name) for name in dataset.filename]

@@ -1,0 +1,55 @@
+"""Shared helpers: a tiny version of the quick-start run, driven through the real command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# The quick-start config shrunk to seconds: 48 Shapes images of 16x16, a U-Net of width 8.
+TINY = [
+    "--config", str(ROOT / "configs" / "quickstart.yaml"),
+    "--data.source.init_args.num_images", "64",
+    "--data.source.init_args.image_size", "16",
+    "--data.batch_size", "16",
+    "--model.net.width", "8",
+    "--model.net.channel_mults", "[1, 2]",
+    "--model.net.attention_resolutions", "[8]",
+    "--model.ema_decay", "0.0",
+    "--model.lr", "3e-3",
+    "--model.warmup_steps", "1",
+    "--model.solver.steps", "2",
+    "--rounds.mi_steps", "10",
+    "--rounds.grid_images", "4",
+    "--logging.backend", "csv",
+    "--trainer.enable_progress_bar", "false",
+    "--trainer.enable_model_summary", "false",
+]
+
+
+@pytest.fixture(autouse=True)
+def _few_threads():
+    torch.set_num_threads(1)
+
+
+def run_cli(run_dir: Path, *overrides: str) -> Path:
+    """Train through `train.py`'s entry point with TINY plus `overrides`; returns the run folder."""
+    from miri_lightning.cli import main
+
+    main([*TINY, "--trainer.default_root_dir", str(run_dir), *overrides])
+    return run_dir
+
+
+def read_rounds(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+
+
+def read_imputations(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    with np.load(run_dir / "imputations.npz") as f:
+        return torch.from_numpy(f["images"]), torch.from_numpy(f["masks"]).bool()

@@ -1,0 +1,111 @@
+"""The incomplete collection: initial fill, batches, shared state across workers, checkpoint state."""
+
+import pytest
+import torch
+
+from miri_lightning.data.datamodule import MaskedImageDataModule
+from miri_lightning.data.masks import MCAR, CenterBox
+from miri_lightning.data.sources import Shapes
+from miri_lightning.errors import ConfigError, DataError
+
+
+def make_dm(**kwargs):
+    args = dict(source=Shapes(num_images=24, image_size=16, seed=3), mask=MCAR(missing_rate=0.5, seed=1),
+                batch_size=8)
+    args.update(kwargs)
+    dm = MaskedImageDataModule(**args)
+    dm.setup("fit")
+    return dm
+
+
+@pytest.mark.parametrize("fill", ["noise", "mean"])
+def test_initial_fill_keeps_observed_entries_and_fills_missing_ones(fill):
+    dm = make_dm(init_fill=fill)
+    observed = dm.masks
+    assert torch.equal(dm.imputations[observed], dm.truth[observed])
+    missing = dm.imputations[~observed]
+    assert missing.min() >= 0 and missing.max() <= 1
+    assert not torch.equal(missing, dm.truth[~observed])
+    if fill == "mean":  # the same value in every image at a given entry
+        per_entry = torch.where(observed, torch.nan, dm.imputations)
+        spread = per_entry.nan_to_num(0).amax(0) - torch.where(observed, torch.inf, dm.imputations).amin(0)
+        assert (spread[~observed.all(0)] <= 1e-6).all()
+
+
+def test_same_seed_same_collection():
+    a, b = make_dm(), make_dm()
+    assert torch.equal(a.masks, b.masks) and torch.equal(a.imputations, b.imputations)
+    assert not torch.equal(a.imputations, make_dm(seed=9).imputations)
+
+
+def test_batches_are_index_imputation_mask_and_cover_the_collection():
+    dm = make_dm()
+    seen = []
+    for idx, x, m in dm.train_dataloader():
+        assert torch.equal(x, dm.imputations[idx]) and torch.equal(m, dm.masks[idx])
+        seen += idx.tolist()
+    assert sorted(seen) == list(range(24))
+
+
+def test_batch_order_depends_only_on_seed_and_epoch():
+    loader = make_dm().train_dataloader()
+    loader.sampler.set_epoch(3)
+    first = torch.cat([idx for idx, _, _ in loader])
+    loader.sampler.set_epoch(4)
+    other = torch.cat([idx for idx, _, _ in loader])
+    fresh = make_dm().train_dataloader()
+    fresh.sampler.set_epoch(3)
+    assert torch.equal(first, torch.cat([idx for idx, _, _ in fresh]))
+    assert not torch.equal(first, other)
+
+
+def test_workers_see_the_new_rounds_imputations():
+    dm = make_dm(num_workers=1)
+    loader = dm.train_dataloader()
+    for _ in loader:  # start the persistent worker on round 0's state
+        pass
+    new = dm.imputations.clone()
+    new[~dm.masks] = 0.25
+    dm.set_imputations(new)
+    for idx, x, m in loader:
+        assert torch.equal(x, new[idx])
+
+
+def test_set_imputations_refuses_changed_observed_entries_or_nan():
+    dm = make_dm()
+    before = dm.imputations.clone()
+    bad = before.clone()
+    bad[dm.masks] += 0.01
+    with pytest.raises(DataError, match="observed"):
+        dm.set_imputations(bad)
+    nan = before.clone()
+    nan[~dm.masks] = float("nan")
+    with pytest.raises(DataError, match="NaN"):
+        dm.set_imputations(nan)
+    assert torch.equal(dm.imputations, before)
+
+
+def test_state_dict_round_trip_and_mismatched_masks():
+    dm = make_dm()
+    new = dm.imputations.clone()
+    new[~dm.masks] = 0.5
+    dm.set_imputations(new)
+    dm.round = 3
+    state = dm.state_dict()
+    other = make_dm()
+    other.load_state_dict(state)
+    assert other.round == 3 and torch.equal(other.imputations, new)
+    with pytest.raises(DataError, match="masks"):
+        make_dm(mask=MCAR(missing_rate=0.5, seed=2)).load_state_dict(state)
+
+
+def test_bad_settings_are_reported_early():
+    with pytest.raises(ConfigError, match="batch_size"):
+        MaskedImageDataModule(batch_size=1)
+    with pytest.raises(ConfigError, match="batch_size"):
+        make_dm(batch_size=64)
+
+
+def test_warns_when_an_entry_is_missing_in_every_image():
+    with pytest.warns(UserWarning, match="missing in every image"):
+        make_dm(mask=CenterBox(size=0.25))

@@ -1,0 +1,436 @@
+"""Tests of the image sources. Every loader reads files that the test writes in the data set's real on-disk format."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from miri_lightning.data.sources import (
+    CIFAR10,
+    MNIST,
+    CelebA,
+    ImageFolder,
+    ImageSet,
+    ImageSource,
+    NpzImages,
+    Shapes,
+)
+from miri_lightning.errors import ConfigError, DataError
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _exists_only(fpath, md5=None):
+    return os.path.isfile(fpath)
+
+
+# ---------------------------------------------------------------------------------------------------- Shapes
+
+
+def test_shapes_shape_dtype_range():
+    data = Shapes(num_images=10, image_size=16).load()
+    assert isinstance(data, ImageSet)
+    assert data.images.shape == (10, 3, 16, 16)
+    assert data.images.dtype == torch.float32
+    assert data.masks is None
+    assert 0 <= data.images.min() and data.images.max() <= 1
+
+
+@pytest.mark.parametrize("size", [8, 32, 64])
+def test_shapes_image_sizes(size):
+    assert Shapes(num_images=3, image_size=size).load().images.shape == (3, 3, size, size)
+
+
+def test_shapes_deterministic_per_seed():
+    a = Shapes(num_images=20, seed=3).load().images
+    b = Shapes(num_images=20, seed=3).load().images
+    c = Shapes(num_images=20, seed=4).load().images
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_shapes_num_images_takes_a_prefix():
+    # More images than one render chunk, so the prefix also checks that chunking does not change the images.
+    many = Shapes(num_images=300, image_size=16).load().images
+    few = Shapes(num_images=5, image_size=16).load().images
+    assert torch.equal(many[:5], few)
+    assert Shapes().num_images == 2000
+
+
+def test_shapes_have_spatial_structure():
+    images = Shapes(num_images=50, image_size=32).load().images
+    assert (images.flatten(1).std(dim=1) > 0.02).all(), "some images are (nearly) constant"
+    neighbour_diff = (images[..., 1:] - images[..., :-1]).abs().mean()
+    pixels = images.permute(0, 2, 3, 1).reshape(-1, 3)
+    shuffled = pixels[torch.randperm(len(pixels), generator=torch.Generator().manual_seed(0))]
+    random_diff = (pixels - shuffled).abs().mean()
+    assert neighbour_diff < 0.25 * random_diff
+
+
+@pytest.mark.parametrize("kwargs", [{"image_size": 4}, {"num_images": 0}])
+def test_shapes_bad_config(kwargs):
+    with pytest.raises(ConfigError):
+        Shapes(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------- NpzImages
+
+
+def test_npz_uint8_nhw(tmp_path):
+    images = np.arange(4 * 5 * 6, dtype=np.uint8).reshape(4, 5, 6)
+    np.savez(tmp_path / "d.npz", images=images)
+    data = NpzImages(tmp_path / "d.npz").load()
+    assert data.images.shape == (4, 1, 5, 6) and data.images.dtype == torch.float32
+    assert data.masks is None
+    torch.testing.assert_close(data.images[:, 0], torch.from_numpy(images).float() / 255)
+
+
+def test_npz_float_nhwc_and_num_images(tmp_path):
+    images = np.random.default_rng(0).random((5, 4, 4, 3), dtype=np.float32)
+    np.savez(tmp_path / "d.npz", pixels=images)
+    data = NpzImages(tmp_path / "d.npz", key="pixels", num_images=2).load()
+    assert data.images.shape == (2, 3, 4, 4)
+    torch.testing.assert_close(data.images, torch.from_numpy(images[:2]).permute(0, 3, 1, 2))
+
+
+def test_npz_nan_means_missing(tmp_path):
+    images = np.full((2, 3, 3, 3), 0.5)
+    images[0, 1, 2, 0] = np.nan
+    np.savez(tmp_path / "d.npz", images=images)
+    data = NpzImages(tmp_path / "d.npz").load()
+    assert data.masks is not None and data.masks.dtype == torch.bool and data.masks.shape == (2, 3, 3, 3)
+    assert not data.masks[0, 0, 1, 2] and data.masks.sum() == data.masks.numel() - 1
+    assert data.images[0, 0, 1, 2] == 0 and not data.images.isnan().any()
+
+
+def test_npz_mask_array_broadcasts_over_channels_and_combines_with_nan(tmp_path):
+    images = np.full((2, 3, 3, 3), 0.25)
+    images[1, 0, 0, 2] = np.nan
+    masks = np.ones((2, 3, 3), dtype=np.uint8)
+    masks[0, 2, 1] = 0
+    np.savez(tmp_path / "d.npz", images=images, masks=masks)
+    got = NpzImages(tmp_path / "d.npz").load().masks
+    assert got.shape == (2, 3, 3, 3)
+    assert not got[0, :, 2, 1].any()
+    assert not got[1, 2, 0, 0] and got[1, :2, 0, 0].all()
+    assert got.sum() == got.numel() - 3 - 1
+    assert NpzImages(tmp_path / "d.npz", mask_key=None).load().masks[0].all()
+
+
+def test_npz_mask_array_per_channel(tmp_path):
+    masks = np.ones((2, 4, 4, 3), dtype=bool)
+    masks[1, 3, 0, 1] = False
+    np.savez(tmp_path / "d.npz", images=np.zeros((2, 4, 4, 3), np.uint8), observed=masks)
+    got = NpzImages(tmp_path / "d.npz", mask_key="observed").load().masks
+    assert torch.equal(got, torch.from_numpy(masks).permute(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize(
+    ("arrays", "match"),
+    [
+        ({"images": np.full((2, 4, 4), 1.5)}, r"d\.npz.*'images'.*\[0, 1\]"),
+        ({"images": np.full((2, 4, 4), -0.1)}, r"d\.npz.*'images'.*\[0, 1\]"),
+        ({"other": np.zeros((2, 4, 4)), "labels": np.zeros(2)}, r"d\.npz.*'images'.*other, labels"),
+        ({"images": np.zeros((2, 4))}, r"d\.npz.*'images'.*shape \(2, 4\)"),
+        ({"images": np.zeros((2, 4, 4, 4))}, r"d\.npz.*'images'.*C 1 or 3"),
+        ({"images": np.zeros((2, 4, 4), np.int64)}, r"d\.npz.*'images'.*dtype int64"),
+        ({"images": np.zeros((2, 4, 4)), "masks": np.full((2, 4, 4), 2)}, r"d\.npz.*'masks'.*0/1"),
+        ({"images": np.zeros((2, 4, 4)), "masks": np.ones((2, 4, 5))}, r"d\.npz.*'masks'.*shape"),
+    ],
+)
+def test_npz_bad_content(tmp_path, arrays, match):
+    np.savez(tmp_path / "d.npz", **arrays)
+    with pytest.raises(DataError, match=match):
+        NpzImages(tmp_path / "d.npz").load()
+
+
+def test_npz_unreadable_or_missing_file(tmp_path):
+    (tmp_path / "junk.npz").write_bytes(b"this is not a zip archive")
+    with pytest.raises(DataError, match="junk.npz"):
+        NpzImages(tmp_path / "junk.npz").load()
+    with pytest.raises(DataError, match="absent.npz"):
+        NpzImages(tmp_path / "absent.npz").load()
+
+
+def test_npz_bad_num_images():
+    with pytest.raises(ConfigError, match="num_images"):
+        NpzImages("x.npz", num_images=0)
+
+
+def test_shared_mnist_npz():
+    path = SHARED_DATA / "mnist32_uint8.npz"
+    if not path.is_file():
+        pytest.skip(f"shared data set {path} is not available on this machine")
+    data = NpzImages(path).load()
+    assert data.images.shape == (5000, 1, 32, 32) and data.masks is None
+    assert data.images.min() == 0 and data.images.max() == 1
+
+
+# ---------------------------------------------------------------------------------------------------- ImageFolder
+
+
+def _save(path: Path, array: np.ndarray, **kwargs) -> None:
+    Image.fromarray(array).save(path, **kwargs)
+
+
+def test_image_folder_png_and_jpeg_in_name_order(tmp_path):
+    red = np.zeros((6, 8, 3), np.uint8)
+    red[..., 0] = 255
+    _save(tmp_path / "b.JPG", np.full((6, 8, 3), 128, np.uint8), quality=95)
+    _save(tmp_path / "a.png", red)
+    _save(tmp_path / "c.webp", np.full((6, 8, 3), 40, np.uint8), lossless=True)
+    (tmp_path / "notes.txt").write_text("not an image")
+    data = ImageFolder(tmp_path).load()
+    assert data.images.shape == (3, 3, 6, 8) and data.masks is None
+    torch.testing.assert_close(data.images[0, :, 0, 0], torch.tensor([1.0, 0.0, 0.0]))
+    assert (data.images[1] - 128 / 255).abs().max() < 0.02
+    torch.testing.assert_close(data.images[2], torch.full((3, 6, 8), 40 / 255))
+    assert ImageFolder(tmp_path, num_images=2).load().images.shape == (2, 3, 6, 8)
+
+
+def test_image_folder_mixed_sizes_name_the_file(tmp_path):
+    _save(tmp_path / "a.png", np.zeros((6, 8, 3), np.uint8))
+    _save(tmp_path / "b.png", np.zeros((6, 8, 3), np.uint8))
+    _save(tmp_path / "c.png", np.zeros((7, 8, 3), np.uint8))
+    with pytest.raises(DataError, match=r"c\.png is 8x7 but a\.png is 8x6"):
+        ImageFolder(tmp_path).load()
+
+
+def test_image_folder_center_crops_and_resizes(tmp_path):
+    # 40 wide, 20 high: the center square is green, the left and right quarters red.
+    image = np.zeros((20, 40, 3), np.uint8)
+    image[:, :10, 0] = image[:, 30:, 0] = 255
+    image[:, 10:30, 1] = 255
+    _save(tmp_path / "wide.png", image)
+    _save(tmp_path / "small.png", np.full((10, 10, 3), 255, np.uint8))
+    data = ImageFolder(tmp_path, image_size=16).load()
+    assert data.images.shape == (2, 3, 16, 16)
+    small, wide = data.images  # name order
+    torch.testing.assert_close(small, torch.ones(3, 16, 16))
+    assert (wide[1] > 0.98).all() and (wide[0] < 0.02).all()
+
+
+def test_image_folder_grayscale(tmp_path):
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[..., 1] = 255
+    _save(tmp_path / "g.png", rgb)
+    data = ImageFolder(tmp_path, channels=1).load()
+    assert data.images.shape == (1, 1, 4, 4)
+    torch.testing.assert_close(data.images, torch.full((1, 1, 4, 4), 150 / 255))  # PIL's L = 0.587 * G, rounded
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        ImageFolder(tmp_path / "missing").load()
+    (tmp_path / "readme.txt").write_text("no images here")
+    with pytest.raises(DataError, match="holds no images"):
+        ImageFolder(tmp_path).load()
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(DataError, match="broken.png"):
+        ImageFolder(tmp_path).load()
+    with pytest.raises(ConfigError, match="channels"):
+        ImageFolder(tmp_path, channels=4)
+
+
+# ---------------------------------------------------------------------------------------------------- CIFAR10
+
+
+def _write_cifar(root: Path, batch_size: int = 3) -> dict[str, np.ndarray]:
+    """Write cifar-10-batches-py/ with `batch_size` random images per batch; returns each batch's rows."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        # Rows hold the 1024 red, then green, then blue values, each plane row-major (CHW order).
+        rows[name] = rng.integers(0, 256, (batch_size, 3072), dtype=np.uint8)
+        # The real files are Python 2 pickles whose byte-string keys torchvision reads back (encoding="latin1")
+        # as str keys, so str keys here give the same dict that torchvision sees.
+        labels = [0] * batch_size
+        batch = {"batch_label": name, "data": rows[name], "labels": labels, "filenames": ["a.png"] * batch_size}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    meta = {"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]}
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump(meta, f, protocol=2)
+    return rows
+
+
+@pytest.fixture
+def cifar_root(tmp_path, monkeypatch):
+    # torchvision checks the md5 of every batch file against the official ones, which made-up files cannot match;
+    # only that check is replaced (by an existence check), torchvision still parses the pickles.
+    monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", _exists_only)
+    return tmp_path, _write_cifar(tmp_path)
+
+
+def test_cifar10_layout(cifar_root):
+    root, rows = cifar_root
+    data = CIFAR10(root=root).load()
+    assert data.images.shape == (15, 3, 32, 32) and data.images.dtype == torch.float32 and data.masks is None
+    first = rows["data_batch_1"][0]
+    # Channel c, row y, column x is byte c * 1024 + y * 32 + x of the row.
+    assert data.images[0, 2, 5, 7] == first[2 * 1024 + 5 * 32 + 7] / 255
+    expected = np.concatenate([rows[f"data_batch_{i}"] for i in range(1, 6)]).reshape(-1, 3, 32, 32) / 255
+    torch.testing.assert_close(data.images, torch.from_numpy(expected).float())
+
+
+def test_cifar10_test_split_and_num_images(cifar_root):
+    root, rows = cifar_root
+    data = CIFAR10(root=root, train=False, num_images=2).load()
+    expected = torch.from_numpy(rows["test_batch"][:2].reshape(2, 3, 32, 32) / 255).float()
+    torch.testing.assert_close(data.images, expected)
+
+
+def test_cifar10_missing(tmp_path):
+    with pytest.raises(DataError, match="cifar-10-batches-py"):
+        CIFAR10(root=tmp_path).load()
+
+
+# ---------------------------------------------------------------------------------------------------- MNIST
+
+
+def _write_idx(path: Path, magic: int, array: np.ndarray) -> None:
+    # IDX: big-endian int32 magic (0x08 = unsigned byte data, low byte = number of dims), then the dims, then the bytes.
+    path.write_bytes(struct.pack(f">{1 + array.ndim}i", magic, *array.shape) + array.astype(np.uint8).tobytes())
+
+
+def _write_mnist(root: Path) -> dict[str, np.ndarray]:
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    images = {}
+    for prefix, n in (("train", 4), ("t10k", 3)):
+        images[prefix] = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        images[prefix][0] = 0
+        images[prefix][0, 8:20, 8:20] = 255
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", 2051, images[prefix])
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", 2049, np.arange(n) % 10)
+    return images
+
+
+def test_mnist_resized_to_32(tmp_path):
+    from torchvision.transforms.v2 import InterpolationMode
+    from torchvision.transforms.v2.functional import resize
+
+    raw = _write_mnist(tmp_path)["train"]
+    data = MNIST(root=tmp_path).load()
+    assert data.images.shape == (4, 1, 32, 32) and data.images.dtype == torch.float32 and data.masks is None
+    assert 0 <= data.images.min() and data.images.max() <= 1
+    # Image 0 is a white square at 8:20 of 28, which lands at about 9:23 of 32; the corners stay black.
+    assert (data.images[0, 0, 11:21, 11:21] == 1).all()
+    assert data.images[0, 0, :7].max() == 0 and data.images[0, 0, 25:].max() == 0
+    reference = resize(torch.from_numpy(raw).float().unsqueeze(1) / 255, [32, 32], InterpolationMode.BILINEAR)
+    torch.testing.assert_close(data.images, reference)
+
+
+def test_mnist_test_split_and_num_images(tmp_path):
+    raw = _write_mnist(tmp_path)["t10k"]
+    data = MNIST(root=tmp_path, train=False, num_images=2).load()
+    assert data.images.shape == (2, 1, 32, 32)
+    assert data.images[1].mean() == pytest.approx(raw[1].mean() / 255, abs=0.01)
+
+
+def test_mnist_missing(tmp_path):
+    with pytest.raises(DataError, match="MNIST"):
+        MNIST(root=tmp_path).load()
+
+
+# ---------------------------------------------------------------------------------------------------- CelebA
+
+CELEBA_COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200)]
+
+
+def _write_celeba_jpegs(folder: Path) -> list[str]:
+    """178x218 aligned-face-sized JPEGs: a flat colour in the central 140x140 crop, grey outside it."""
+    folder.mkdir(parents=True)
+    names = []
+    for i, color in enumerate(CELEBA_COLORS, start=1):
+        image = np.full((218, 178, 3), 128, np.uint8)
+        image[39:179, 19:159] = color
+        names.append(f"{i:06d}.jpg")
+        _save(folder / names[-1], image, quality=95)
+    return names
+
+
+def _assert_celeba_colors(images: torch.Tensor, colors) -> None:
+    assert images.shape == (len(colors), 3, 64, 64) and images.dtype == torch.float32
+    expected = torch.tensor(colors, dtype=torch.float32)[:, :, None, None] / 255
+    # Away from the crop border, where JPEG ringing and the resize filter reach the grey surround.
+    assert (images[:, :, 4:-4, 4:-4] - expected).abs().max() < 0.04
+
+
+def test_celeba_folder(tmp_path):
+    _write_celeba_jpegs(tmp_path / "faces")
+    _assert_celeba_colors(CelebA(folder=tmp_path / "faces").load().images, CELEBA_COLORS)
+    data = CelebA(folder=tmp_path / "faces", num_images=2, image_size=32).load()
+    assert data.images.shape == (2, 3, 32, 32) and data.masks is None
+
+
+def _write_celeba_torchvision(root: Path) -> None:
+    """The layout torchvision's CelebA reads: img_align_celeba/ and five annotation files (all parsed)."""
+    base = root / "celeba"
+    names = _write_celeba_jpegs(base / "img_align_celeba")
+    partition = [0, 0, 0, 1, 1]  # train: 1-3, valid: 4-5 (a split of one image breaks torchvision's indexing)
+    (base / "list_eval_partition.txt").write_text("".join(f"{n} {p}\n" for n, p in zip(names, partition)))
+    (base / "identity_CelebA.txt").write_text("".join(f"{n} {i}\n" for i, n in enumerate(names, 1)))
+    # These three have a count line and a header line before the rows.
+    header = f"{len(names)}\n"
+    (base / "list_attr_celeba.txt").write_text(
+        header + "Smiling Young \n" + "".join(f"{n}  1 -1\n" for n in names)
+    )
+    (base / "list_bbox_celeba.txt").write_text(
+        header + "image_id x_1 y_1 width height\n" + "".join(f"{n} 95 71 226 313\n" for n in names)
+    )
+    parts = ("lefteye", "righteye", "nose", "leftmouth", "rightmouth")
+    landmarks = " ".join(f"{part}_{xy}" for part in parts for xy in "xy")
+    (base / "list_landmarks_align_celeba.txt").write_text(
+        header + landmarks + "\n" + "".join(f"{n} 69 109 106 113 77 142 73 152 108 154\n" for n in names)
+    )
+
+
+def test_celeba_torchvision_layout(tmp_path, monkeypatch):
+    # torchvision checks the annotation files' md5 against the official ones, which made-up files cannot match;
+    # only that check is replaced (by an existence check), torchvision still parses the files and picks the split.
+    monkeypatch.setattr("torchvision.datasets.celeba.check_integrity", _exists_only)
+    _write_celeba_torchvision(tmp_path)
+    _assert_celeba_colors(CelebA(root=tmp_path).load().images, CELEBA_COLORS[:3])
+    _assert_celeba_colors(CelebA(root=tmp_path, split="valid").load().images, CELEBA_COLORS[3:])
+    _assert_celeba_colors(CelebA(root=tmp_path, split="all", num_images=4).load().images, CELEBA_COLORS[:4])
+    with pytest.raises(DataError, match=r"list_eval_partition\.txt lists no images for split 'test'"):
+        CelebA(root=tmp_path, split="test").load()
+
+
+def test_celeba_errors(tmp_path):
+    with pytest.raises(DataError, match="celeba"):
+        CelebA(root=tmp_path).load()
+    with pytest.raises(DataError, match="does not exist"):
+        CelebA(folder=tmp_path / "nope").load()
+    with pytest.raises(ConfigError, match="split"):
+        CelebA(split="validation")
+
+
+# ---------------------------------------------------------------------------------------------------- configuration
+
+
+def test_sources_are_configurable_with_jsonargparse(tmp_path):
+    from jsonargparse import ArgumentParser
+
+    np.savez(tmp_path / "d.npz", images=np.zeros((3, 4, 4), np.uint8))
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(ImageSource, "source")
+    npz_config = {"path": str(tmp_path / "d.npz"), "num_images": 2}
+    config = parser.parse_object(
+        {"source": {"class_path": "miri_lightning.data.sources.NpzImages", "init_args": npz_config}}
+    )
+    source = parser.instantiate_classes(config).source
+    assert isinstance(source, NpzImages) and source.load().images.shape == (2, 1, 4, 4)
+    shapes = parser.instantiate_classes(parser.parse_object({"source": {"class_path": "Shapes"}})).source
+    assert isinstance(shapes, Shapes) and shapes.num_images == 2000

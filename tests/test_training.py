@@ -1,0 +1,101 @@
+"""End to end through the command line: rounds, outputs, checkpoints, resume, loggers, config errors."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, read_imputations, read_rounds, run_cli
+from miri_lightning.cli import MIRICLI, main
+from miri_lightning.data.datamodule import MaskedImageDataModule
+from miri_lightning.data.masks import MCAR
+from miri_lightning.data.sources import Shapes
+from miri_lightning.module import MIRI
+
+TWO_ROUNDS = ["--trainer.max_epochs", "8", "--rounds.epochs_per_round", "4"]
+
+
+@pytest.fixture(scope="module")
+def two_round_run(tmp_path_factory) -> Path:
+    return run_cli(tmp_path_factory.mktemp("run") / "two_rounds", *TWO_ROUNDS)
+
+
+def test_two_rounds_write_every_output(two_round_run):
+    rounds = read_rounds(two_round_run)
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    for key in ("mmd", "psnr", "rmse", "ssim", "mutual_information", "train_seconds", "impute_seconds"):
+        assert all(key in r for r in rounds)
+    assert (two_round_run / "grids" / "round_002.png").is_file()
+    ckpts = two_round_run / "checkpoints"
+    assert {p.name for p in ckpts.glob("*.ckpt")} == {"round001.ckpt", "round002.ckpt", "last.ckpt"}
+
+
+def test_observed_entries_are_the_data_bit_for_bit(two_round_run):
+    truth = Shapes(num_images=64, image_size=16, seed=0).load().images
+    masks = MCAR(missing_rate=0.6, seed=0)(truth)
+    imputed, saved_masks = read_imputations(two_round_run)
+    assert torch.equal(saved_masks, masks)
+    assert torch.equal(imputed[masks], truth[masks])
+    assert imputed.min() >= 0 and imputed.max() <= 1
+
+
+def test_imputations_get_closer_to_the_truth_than_the_noise_fill(two_round_run):
+    rounds = read_rounds(two_round_run)
+    assert rounds[2]["psnr"] > rounds[0]["psnr"] + 0.5
+    assert rounds[2]["mmd"] < rounds[0]["mmd"]
+
+
+def test_resume_from_round_one_continues_in_round_two_like_an_uninterrupted_run(two_round_run, tmp_path):
+    ckpt = two_round_run / "checkpoints" / "round001.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert state["MaskedImageDataModule"]["round"] == 1
+    resumed = run_cli(tmp_path / "resumed", *TWO_ROUNDS, "--ckpt_path", str(ckpt))
+    assert [r["round"] for r in read_rounds(resumed)] == [2]
+    assert torch.equal(read_imputations(resumed)[0], read_imputations(two_round_run)[0])
+    final = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert len(final["miri"]["round_weights"]) == 2
+
+
+def test_fresh_network_each_round_also_resumes_exactly(tmp_path):
+    fresh = ["--rounds.reinit_each_round", "true", "--trainer.max_epochs", "2", "--rounds.epochs_per_round", "1"]
+    full = run_cli(tmp_path / "full", *fresh)
+    resumed = run_cli(tmp_path / "resumed", *fresh, "--ckpt_path", str(full / "checkpoints" / "round001.ckpt"))
+    assert torch.equal(read_imputations(resumed)[0], read_imputations(full)[0])
+
+
+def test_wandb_offline_run_holds_the_grids(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    run = run_cli(tmp_path / "wb", "--logging.backend", "wandb", "--trainer.max_epochs", "1",
+                  "--rounds.epochs_per_round", "1")
+    offline_runs = list((run / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1
+    assert len(list(offline_runs[0].glob("files/media/images/imputations_*.png"))) == 2  # rounds 0 and 1
+
+
+def test_tensorboard_backend_gets_the_grids(tmp_path):
+    run = run_cli(tmp_path / "tb", "--logging.backend", "tensorboard", "--trainer.max_epochs", "1",
+                  "--rounds.epochs_per_round", "1")
+    assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_unknown_key_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run_cli(tmp_path / "x", "--model.no_such_key", "1")
+    assert "no_such_key" in capsys.readouterr().err
+
+
+def test_epochs_per_round_must_divide_max_epochs(tmp_path):
+    with pytest.raises(SystemExit) as err:
+        run_cli(tmp_path / "x", "--trainer.max_epochs", "3", "--rounds.epochs_per_round", "2")
+    assert "rounds.epochs_per_round" in str(err.value.code)
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_config_parses_and_builds(config, tmp_path):
+    cli = MIRICLI(MIRI, MaskedImageDataModule, run=False,
+                  args=["--config", str(config), "--trainer.default_root_dir", str(tmp_path),
+                        "--logging.backend", "csv", "--trainer.accelerator", "cpu"])
+    assert isinstance(cli.model, MIRI) and isinstance(cli.datamodule, MaskedImageDataModule)
+    assert cli.trainer.max_epochs % cli.config.rounds.epochs_per_round == 0

@@ -1,0 +1,57 @@
+"""The velocity U-Net: shapes, the (1 - m) output factor, config errors."""
+
+import pytest
+import torch
+
+from miri_lightning.errors import ConfigError
+from miri_lightning.models.unet import UNetConfig, VelocityUNet
+
+
+@pytest.mark.parametrize(
+    "channels,size,cfg",
+    [
+        (1, 16, UNetConfig(width=8, channel_mults=(1, 2), attention_resolutions=(8,))),
+        (3, 32, UNetConfig(width=8, channel_mults=(1, 2, 2), attention_resolutions=(8,))),
+        (3, 64, UNetConfig(width=8, channel_mults=(1, 1, 2, 2), num_res_blocks=1, attention_resolutions=(16, 8))),
+    ],
+)
+def test_output_shape_and_observed_entries_get_zero_velocity(channels, size, cfg):
+    net = VelocityUNet(channels, size, cfg)
+    net.reset_parameters(seed=1)
+    with torch.no_grad():  # make the output non-trivial: the head starts at zero
+        net.head[-1].weight.normal_()
+    x = torch.rand(3, channels, size, size)
+    m = (torch.rand_like(x) > 0.5).float()
+    v = net(x, torch.rand_like(x), m, torch.rand(3))
+    assert v.shape == x.shape
+    assert (v[m.bool()] == 0).all()
+    assert (v[~m.bool()] != 0).any()
+
+
+def test_fresh_network_is_the_identity_flow_and_reset_is_seeded():
+    net = VelocityUNet(3, 16, UNetConfig(width=8, channel_mults=(1, 2), attention_resolutions=()))
+    x = torch.rand(2, 3, 16, 16)
+    assert (net(x, x, torch.zeros_like(x), torch.rand(2)) == 0).all()
+    net.reset_parameters(seed=5)
+    first = [p.clone() for p in net.parameters()]
+    net.reset_parameters(seed=5)
+    assert all(torch.equal(a, b) for a, b in zip(first, net.parameters()))
+
+
+def test_time_changes_the_output():
+    net = VelocityUNet(1, 16, UNetConfig(width=8, channel_mults=(1, 2), attention_resolutions=()))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.2)
+    x = torch.rand(1, 1, 16, 16)
+    m = torch.zeros_like(x)
+    assert not torch.allclose(net(x, x, m, torch.tensor([0.1])), net(x, x, m, torch.tensor([0.9])))
+
+
+def test_bad_configs_name_the_key():
+    with pytest.raises(ConfigError, match="channel_mults"):
+        VelocityUNet(3, 20, UNetConfig(channel_mults=(1, 2, 2, 2)))
+    with pytest.raises(ConfigError, match="attention_resolutions"):
+        VelocityUNet(3, 32, UNetConfig(attention_resolutions=(5,)))
+    with pytest.raises(ConfigError, match="groups"):
+        VelocityUNet(3, 32, UNetConfig(width=12, groups=8))
