@@ -17,9 +17,10 @@ from .errors import ConfigError
 Velocity = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def derangement(n: int, device: torch.device | str = "cpu") -> torch.Tensor:
+def derangement(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """A random permutation with no fixed point: partner j[i] != i for every i (needs n >= 2)."""
-    order = torch.randperm(n, device=device)
+    device = generator.device if generator is not None else "cpu"
+    order = torch.randperm(n, device=device, generator=generator)
     partner = torch.empty_like(order)
     partner[order] = order.roll(-1)
     return partner

@@ -29,7 +29,8 @@ class MIRI(LightningModule):
         solver: how the re-imputation ODE is solved.
         seed: seed of the network initialisation and of the training draws
             (partners, tau), which depend only on (seed, epoch, rank) so that a
-            resumed run draws what an uninterrupted one would.
+            resumed run draws what an uninterrupted one would. (Dropout, off
+            by default, draws from the global RNG and is not replayed exactly.)
         image_shape: (C, H, W); filled in from the datamodule when left out.
     """
 
@@ -98,14 +99,15 @@ class MIRI(LightningModule):
     # -- training ---------------------------------------------------------
 
     def on_train_epoch_start(self) -> None:
+        # A generator of our own: no other code's use of the global RNG can shift these draws.
         seed = (self.hparams.seed * 1_000_003 + self.current_epoch * 1009 + self.global_rank) % 2**63
-        torch.manual_seed(seed)
+        self.draws = torch.Generator(device=self.device).manual_seed(seed)
 
     def training_step(self, batch, batch_idx):
         _, x0, m = batch
         m = m.to(x0.dtype)
-        x1 = x0[derangement(len(x0), device=x0.device)]  # partners independent of the images
-        tau = torch.rand(len(x0), device=x0.device)
+        x1 = x0[derangement(len(x0), generator=self.draws)]  # partners independent of the images
+        tau = torch.rand(len(x0), device=x0.device, generator=self.draws)
         a, b, target = training_pair(x0, x1, m, tau)
         loss = missing_mse(self.velocity(a, b, m, tau), target, m)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True)
