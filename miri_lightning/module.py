@@ -7,11 +7,26 @@ from typing import Optional, Union
 
 import torch
 from lightning.pytorch import LightningModule
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from .errors import ConfigError
 from .flow import SolverConfig, derangement, missing_mse, solve, training_pair
 from .models.unet import UNetConfig, VelocityUNet
+
+
+def ema_with_warmup(decay: float):
+    """EMA update for AveragedModel whose decay ramps up as min(decay, (1 + n) / (10 + n)).
+
+    Without the ramp, a short round's EMA would still mostly hold the weights
+    it started from (0.99 ** 30 = 0.74).
+    """
+
+    def update(averaged: list, current: list, num_averaged: torch.Tensor) -> None:
+        # A tensor weight, not a float: reading num_averaged would stall the GPU every step.
+        weight = (1 - torch.clamp((1 + num_averaged) / (10 + num_averaged), max=decay)).to(averaged[0].dtype)
+        torch._foreach_lerp_(averaged, current, [weight] * len(averaged))
+
+    return update
 
 
 class MIRI(LightningModule):
@@ -74,7 +89,7 @@ class MIRI(LightningModule):
         self.hparams["image_shape"] = shape
         self.velocity = VelocityUNet(channels, height, self.net_config)
         self.velocity.reset_parameters(seed=self.hparams.seed)
-        self.ema = AveragedModel(self.velocity, multi_avg_fn=get_ema_multi_avg_fn(self.hparams.ema_decay),
+        self.ema = AveragedModel(self.velocity, multi_avg_fn=ema_with_warmup(self.hparams.ema_decay),
                                  use_buffers=True)
         self.ema.requires_grad_(False)
 
