@@ -41,7 +41,7 @@ def ssim(imputed: torch.Tensor, truth: torch.Tensor) -> float:
                                                      kernel_size=kernel))
 
 
-def mask_information(imputed: torch.Tensor, masks: torch.Tensor, steps: int = 200, seed: int = 0) -> float:
+def mask_information(imputed: torch.Tensor, masks: torch.Tensor, steps: int = 300, seed: int = 0) -> float:
     """Estimated information (bits per entry) that the imputations carry about where entries were missing.
 
     A small convolutional classifier q(m | x_hat) learns, on half of the
@@ -60,7 +60,7 @@ def mask_information(imputed: torch.Tensor, masks: torch.Tensor, steps: int = 20
         c, hidden = x.shape[1], 16
         clf = nn.Sequential(nn.Conv2d(c, hidden, 3, padding=1), nn.SiLU(), nn.Conv2d(hidden, hidden, 3, padding=1),
                             nn.SiLU(), nn.Conv2d(hidden, c, 3, padding=1))
-        opt = torch.optim.Adam(clf.parameters(), lr=3e-3)
+        opt = torch.optim.Adam(clf.parameters(), lr=1e-2)
         for _ in range(steps):
             idx = torch.randint(0, n, (min(32, n),))
             top, left = torch.randint(0, x.shape[-2] - crop + 1, (2,)).tolist()
@@ -76,7 +76,7 @@ def mask_information(imputed: torch.Tensor, masks: torch.Tensor, steps: int = 20
     return max(0.0, entropy - ce) / math.log(2)
 
 
-def collection_metrics(imputed, masks, truth=None, max_images: int = 2000, mi_steps: int = 200) -> dict:
+def collection_metrics(imputed, masks, truth=None, max_images: int = 2000, mi_steps: int = 300) -> dict:
     """All metrics of a round on the first `max_images` images (ground-truth ones only when `truth` is known)."""
     imputed, masks = imputed[:max_images], masks[:max_images]
     out = {"mutual_information": mask_information(imputed, masks, steps=mi_steps)}

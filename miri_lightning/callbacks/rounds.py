@@ -67,7 +67,7 @@ class MIRIRounds(Callback):
     """
 
     def __init__(self, epochs_per_round: int = 2, reinit_each_round: bool = False, solve_batch_size: int = 256,
-                 grid_images: int = 8, metrics_max_images: int = 2000, mi_steps: int = 200):
+                 grid_images: int = 8, metrics_max_images: int = 2000, mi_steps: int = 300):
         if epochs_per_round < 1 or solve_batch_size < 1 or grid_images < 1 or metrics_max_images < 2:
             raise ConfigError("rounds: epochs_per_round, solve_batch_size, grid_images must be >= 1 "
                               "and metrics_max_images >= 2")
