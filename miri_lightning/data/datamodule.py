@@ -117,6 +117,10 @@ class MaskedImageDataModule(LightningDataModule):
 
     # -- the collection -------------------------------------------------
 
+    def prepare_data(self) -> None:
+        """Downloads, once per machine (Lightning calls this on one process only)."""
+        self.source.prepare()
+
     def setup(self, stage: Optional[str] = None) -> None:
         """Build the incomplete collection once: images, masks, ground truth, x_hat^(0)."""
         if self.imputations is not None:

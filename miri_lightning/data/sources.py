@@ -36,7 +36,10 @@ class ImageSet:
 
 
 class ImageSource(ABC):
-    """Base class. Subclasses implement `load() -> ImageSet`."""
+    """Base class. Subclasses implement `load() -> ImageSet`, and `prepare()` if they download."""
+
+    def prepare(self) -> None:
+        """Fetch what `load()` needs (called once per machine, before `load()` on every process)."""
 
     @abstractmethod
     def load(self) -> ImageSet: ...
@@ -330,12 +333,12 @@ class ImageFolder(ImageSource):
         return ImageSet(images=_stack(images))
 
 
-class CIFAR10(ImageSource):
-    """CIFAR-10 (3x32x32) through `torchvision.datasets.CIFAR10` (reads `root/cifar-10-batches-py/`).
+class _TorchvisionSplit(ImageSource):
+    """Options shared by torchvision's data sets that come as a train and a test split.
 
     Args:
-        root: Folder that holds (or will receive) `cifar-10-batches-py/`.
-        train: True for the 50,000 training images, False for the 10,000 test images.
+        root: Folder that holds (or will receive) the data set's files.
+        train: True for the training split, False for the test split.
         download: Download the data set into `root` if it is missing.
         num_images: Use only the first `num_images` images (>= 1); None uses all.
     """
@@ -347,6 +350,17 @@ class CIFAR10(ImageSource):
         self.train = train
         self.download = download
         self.num_images = _check_num_images(num_images)
+
+    def prepare(self) -> None:
+        if self.download:
+            self.load()
+
+
+class CIFAR10(_TorchvisionSplit):
+    """CIFAR-10 (3x32x32) through `torchvision.datasets.CIFAR10` (reads `root/cifar-10-batches-py/`).
+
+    Args: as `_TorchvisionSplit` (train: 50,000 images, test: 10,000).
+    """
 
     def load(self) -> ImageSet:
         from torchvision.datasets import CIFAR10 as TorchCIFAR10
@@ -359,25 +373,13 @@ class CIFAR10(ImageSource):
         return ImageSet(images=_uint8_to_tensor(dataset.data[: self.num_images]))
 
 
-class MNIST(ImageSource):
+class MNIST(_TorchvisionSplit):
     """MNIST digits through `torchvision.datasets.MNIST` (reads `root/MNIST/raw/*-ubyte`), resized to 1x32x32.
 
-    Args:
-        root: Folder that holds (or will receive) `MNIST/raw/`.
-        train: True for the 60,000 training images, False for the 10,000 test images.
-        download: Download the data set into `root` if it is missing.
-        num_images: Use only the first `num_images` images (>= 1); None uses all.
+    Args: as `_TorchvisionSplit` (train: 60,000 images, test: 10,000).
     """
 
     IMAGE_SIZE = 32
-
-    def __init__(
-        self, root: str | Path = "data", train: bool = True, download: bool = False, num_images: int | None = None
-    ) -> None:
-        self.root = Path(root)
-        self.train = train
-        self.download = download
-        self.num_images = _check_num_images(num_images)
 
     def load(self) -> ImageSet:
         from torchvision.datasets import MNIST as TorchMNIST
@@ -430,6 +432,10 @@ class CelebA(ImageSource):
         self.folder = None if folder is None else Path(folder)
         self.num_images = _check_num_images(num_images)
         self.image_size = image_size
+
+    def prepare(self) -> None:
+        if self.download and self.folder is None:
+            self._torchvision_files()
 
     def load(self) -> ImageSet:
         files = _image_files(self.folder) if self.folder is not None else self._torchvision_files()
