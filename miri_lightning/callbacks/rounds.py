@@ -28,7 +28,7 @@ ROUNDS_FILE, IMPUTATIONS_FILE, GRIDS_DIR = "rounds.jsonl", "imputations.npz", "g
 
 def shard(n: int, rank: int, world: int) -> torch.Tensor:
     """Rank `rank`'s indices of 0..n-1 (a disjoint, covering split), padded with -1 to ceil(n / world)."""
-    own = torch.arange(rank, n, world)
+    own = torch.arange(rank, n, world) if rank < n else torch.empty(0, dtype=torch.long)
     pad = math.ceil(n / world) - len(own)
     return torch.cat([own, torch.full((pad,), -1, dtype=torch.long)])
 
@@ -104,7 +104,7 @@ class MIRIRounds(Callback):
         pl_module.finish_round()
         timing = {"train_seconds": self.train_seconds, "impute_seconds": time.perf_counter() - start}
         self.train_seconds = 0.0
-        pl_module.log("round", float(dm.round), on_step=False, on_epoch=True)
+        pl_module.log("round", float(dm.round), on_step=False, on_epoch=True, sync_dist=True)
         self._report(trainer, pl_module, timing)
         if dm.round < self.num_rounds:
             pl_module.start_round(dm.round + 1, fresh=self.reinit_each_round)

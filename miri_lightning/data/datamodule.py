@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Iterator, Literal, Optional
+from typing import Literal, Optional
 
 import torch
 from jsonargparse import lazy_instance
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..errors import ConfigError, DataError
 from .masks import MCAR, MaskMechanism
@@ -43,23 +43,6 @@ class ImputationBatches(Dataset):
 def _whole_batch(batch):
     """`__getitems__` already returns a collated batch."""
     return batch
-
-
-class EpochShuffleSampler(Sampler[int]):
-    """A shuffle that depends only on (seed, epoch), so a resumed run draws the same batches."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:  # called by Lightning at every epoch start
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
-
-    def __len__(self) -> int:
-        return self.n
 
 
 def initial_fill(observed: torch.Tensor, masks: torch.Tensor, how: InitFill, seed: int) -> torch.Tensor:
@@ -176,10 +159,14 @@ class MaskedImageDataModule(LightningDataModule):
     # -- batches ----------------------------------------------------------
 
     def train_dataloader(self) -> DataLoader:
+        dataset = ImputationBatches(self.imputations, self.masks)
+        # This rank's share, shuffled by (seed, epoch) only, so a resumed run draws the
+        # same batches; Lightning calls set_epoch and leaves a DistributedSampler as it is.
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
         return DataLoader(
-            ImputationBatches(self.imputations, self.masks),
+            dataset,
             batch_size=self.batch_size,
-            sampler=EpochShuffleSampler(len(self.imputations), self.seed),
+            sampler=DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed),
             collate_fn=_whole_batch,
             drop_last=True,
             num_workers=self.num_workers,

@@ -1,0 +1,80 @@
+"""DDP on 2 CPU processes (gloo): sharded re-imputation, identical ranks, resume, a failing rank."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, TINY, read_imputations, read_rounds
+from miri_lightning.callbacks.rounds import shard
+from miri_lightning.data.masks import MCAR
+from miri_lightning.data.sources import Shapes
+
+N = 65  # not divisible by the 2 ranks
+DDP = ["--data.source.init_args.num_images", str(N), "--rounds.solve_batch_size", "8",
+       "--trainer.max_epochs", "2", "--rounds.epochs_per_round", "1",
+       "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2"]
+
+
+def train(run_dir: Path, *extra: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    """`python train.py` in a subprocess (Lightning's DDP launcher re-runs the command for rank 1)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(ROOT / "train.py"), *TINY, *DDP, "--trainer.default_root_dir", str(run_dir), *extra]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("ddp") / "run"
+    done = train(run, "--trainer.callbacks+=ddp_probe.DumpState")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run
+
+
+@pytest.mark.parametrize("n,world", [(65, 2), (64, 2), (10, 3), (2, 4), (7, 1)])
+def test_shards_are_disjoint_covering_and_equally_long(n, world):
+    shards = [shard(n, rank, world) for rank in range(world)]
+    assert len({len(s) for s in shards}) == 1
+    real = torch.cat(shards)
+    real = real[real >= 0]
+    assert sorted(real.tolist()) == list(range(n))
+
+
+def test_both_ranks_hold_the_same_collection_with_observed_entries_exact(ddp_run):
+    states = [torch.load(ddp_run / f"state_rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert torch.equal(states[0]["imputations"], states[1]["imputations"])
+    assert states[0]["round"] == states[1]["round"] == 2
+    truth = Shapes(num_images=N, image_size=16, seed=0).load().images
+    masks = MCAR(missing_rate=0.6, seed=0)(truth)  # the same masks a 1-process run draws
+    assert torch.equal(states[0]["masks"], masks)
+    imputed = states[0]["imputations"]
+    assert imputed.shape == truth.shape
+    assert torch.equal(imputed[masks], truth[masks])
+    saved, _ = read_imputations(ddp_run)  # rank 0's file holds that same collection
+    assert torch.equal(saved, imputed)
+
+
+def test_rounds_are_logged_once(ddp_run):
+    assert [r["round"] for r in read_rounds(ddp_run)] == [0, 1, 2]
+    assert sorted(p.name for p in (ddp_run / "grids").iterdir()) == [f"round_00{r}.png" for r in range(3)]
+    metrics = next((ddp_run / "csv").rglob("metrics.csv")).read_text().splitlines()
+    header = metrics[0].split(",")
+    psnr = header.index("round/psnr")
+    assert sum(1 for line in metrics[1:] if line.split(",")[psnr]) == 3
+
+
+def test_resume_from_a_ddp_checkpoint_continues_in_round_two(ddp_run, tmp_path):
+    resumed = tmp_path / "resumed"
+    done = train(resumed, "--ckpt_path", str(ddp_run / "checkpoints" / "round001.ckpt"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [r["round"] for r in read_rounds(resumed)] == [2]
+    assert torch.equal(read_imputations(resumed)[0], read_imputations(ddp_run)[0])
+
+
+def test_a_failing_rank_ends_the_run_with_its_message(tmp_path):
+    done = train(tmp_path / "fail", "--trainer.callbacks+=ddp_probe.FailOnRankOne", timeout=180)
+    assert done.returncode != 0
+    assert "injected failure on rank 1" in done.stdout + done.stderr
