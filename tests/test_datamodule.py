@@ -64,33 +64,36 @@ def test_workers_see_the_new_rounds_imputations():
     loader = dm.train_dataloader()
     for _ in loader:  # start the persistent worker on round 0's state
         pass
-    new = dm.imputations.clone()
-    new[~dm.masks] = 0.25
-    dm.set_imputations(new)
+    new = advance(dm, 0.25)
     for idx, x, m in loader:
         assert torch.equal(x, new[idx])
 
 
-def test_set_imputations_refuses_changed_observed_entries_or_nan():
+def advance(dm, value):
+    """End a round whose solve set every missing entry to `value`; returns the new collection."""
+    new = torch.where(dm.masks, dm.imputations, torch.full_like(dm.imputations, value))
+    buffer = dm.new_round_buffer()
+    buffer.copy_(new)
+    dm.next_round(buffer)
+    return new
+
+
+def test_solves_that_change_observed_entries_or_give_nan_are_refused():
     dm = make_dm()
-    before = dm.imputations.clone()
-    bad = before.clone()
-    bad[dm.masks] += 0.01
+    rows = torch.tensor([0, 5])
+    bad = dm.imputations[rows] + 0.01 * dm.masks[rows]
     with pytest.raises(DataError, match="observed"):
-        dm.set_imputations(bad)
-    nan = before.clone()
-    nan[~dm.masks] = float("nan")
+        dm.check_imputed(rows, bad)
+    nan = torch.where(dm.masks[rows], dm.imputations[rows], torch.nan)
     with pytest.raises(DataError, match="NaN"):
-        dm.set_imputations(nan)
-    assert torch.equal(dm.imputations, before)
+        dm.check_imputed(rows, nan)
+    dm.check_imputed(rows, torch.where(dm.masks[rows], dm.imputations[rows], 0.5))
 
 
 def test_state_dict_round_trip_and_mismatched_masks():
     dm = make_dm()
-    new = dm.imputations.clone()
-    new[~dm.masks] = 0.5
-    dm.set_imputations(new)
-    dm.round = 3
+    for value in (0.1, 0.2, 0.5):
+        new = advance(dm, value)
     state = dm.state_dict()
     other = make_dm()
     other.load_state_dict(state)
@@ -109,3 +112,43 @@ def test_bad_settings_are_reported_early():
 def test_warns_when_an_entry_is_missing_in_every_image():
     with pytest.warns(UserWarning, match="missing in every image"):
         make_dm(mask=CenterBox(size=0.25))
+
+
+def test_memmap_state_lives_in_one_file_per_round_and_checkpoints_name_it(tmp_path):
+    dm = make_dm(state="memmap", state_dir=str(tmp_path / "state"))
+    assert dm.store is not None and (tmp_path / "state" / "node0" / "imputations_round000.npy").is_file()
+    assert torch.equal(dm.imputations[dm.masks], dm.truth[dm.masks])
+    new = advance(dm, 0.3)
+    assert (tmp_path / "state" / "node0" / "imputations_round001.npy").is_file()
+    assert torch.equal(dm.imputations, new)
+    state = dm.state_dict()
+    assert "imputations" not in state and state["imputations_file"] == "imputations_round001.npy"
+    in_memory = make_dm()
+    in_memory.load_state_dict(state)
+    assert in_memory.round == 1 and torch.equal(in_memory.imputations, new)
+    elsewhere = make_dm(state="memmap", state_dir=str(tmp_path / "other"))
+    elsewhere.load_state_dict(state)  # copied into the resuming run's own folder
+    assert torch.equal(elsewhere.imputations, new)
+    assert (tmp_path / "other" / "node0" / "imputations_round001.npy").is_file()
+    (tmp_path / "state" / "node0" / "imputations_round001.npy").unlink()
+    with pytest.raises(DataError, match="imputations_round001.npy"):
+        make_dm().load_state_dict(state)
+
+
+def test_memmap_workers_see_the_new_rounds_file(tmp_path):
+    dm = make_dm(state="memmap", state_dir=str(tmp_path), num_workers=1)
+    loader = dm.train_dataloader()
+    for _ in loader:
+        pass
+    new = advance(dm, 0.75)
+    for idx, x, m in loader:
+        assert torch.equal(x, new[idx])
+
+
+def test_auto_state_maps_to_disk_only_when_memory_is_short(monkeypatch):
+    from miri_lightning.data import storage
+
+    assert storage.choose_mode("auto", 10**6, 2) == "memory"
+    monkeypatch.setattr(storage, "physical_memory_bytes", lambda: 10**7)
+    assert storage.choose_mode("auto", 10**6, 2) == "memmap"
+    assert storage.choose_mode("memory", 10**6, 2) == "memory"

@@ -74,6 +74,18 @@ def test_resume_from_a_ddp_checkpoint_continues_in_round_two(ddp_run, tmp_path):
     assert torch.equal(read_imputations(resumed)[0], read_imputations(ddp_run)[0])
 
 
+def test_memory_mapped_state_is_one_file_shared_by_both_ranks(ddp_run, tmp_path):
+    run = tmp_path / "memmap"
+    done = train(run, "--data.state", "memmap", "--trainer.callbacks+=ddp_probe.DumpState")
+    assert done.returncode == 0, done.stderr[-3000:]
+    states = [torch.load(run / f"state_rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert torch.equal(states[0]["imputations"], states[1]["imputations"])
+    assert sorted(p.name for p in (run / "state" / "node0").glob("*.npy")) == [
+        "imputations_round000.npy", "imputations_round001.npy", "imputations_round002.npy", "truth.npy"]
+    expected = torch.load(ddp_run / "state_rank0.pt", weights_only=True)["imputations"]
+    assert torch.equal(states[0]["imputations"], expected)  # the same run as with the state in memory
+
+
 def test_a_failing_rank_ends_the_run_with_its_message(tmp_path):
     done = train(tmp_path / "fail", "--trainer.callbacks+=ddp_probe.FailOnRankOne", timeout=180)
     assert done.returncode != 0

@@ -99,3 +99,16 @@ def test_every_config_parses_and_builds(config, tmp_path):
                         "--logging.backend", "csv", "--trainer.accelerator", "cpu"])
     assert isinstance(cli.model, MIRI) and isinstance(cli.datamodule, MaskedImageDataModule)
     assert cli.trainer.max_epochs % cli.config.rounds.epochs_per_round == 0
+
+
+def test_memory_mapped_state_resumes_exactly_and_keeps_checkpoints_small(tmp_path):
+    memmap = ["--data.state", "memmap", "--trainer.max_epochs", "2", "--rounds.epochs_per_round", "1"]
+    full = run_cli(tmp_path / "full", *memmap)
+    ckpt = full / "checkpoints" / "round001.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["MaskedImageDataModule"]
+    assert "imputations" not in state and state["imputations_file"] == "imputations_round001.npy"
+    assert (full / "state" / "node0" / "imputations_round002.npy").is_file()
+    resumed = run_cli(tmp_path / "resumed", *memmap, "--ckpt_path", str(ckpt))
+    assert torch.equal(read_imputations(resumed)[0], read_imputations(full)[0])
+    in_memory = run_cli(tmp_path / "in_memory", "--trainer.max_epochs", "2", "--rounds.epochs_per_round", "1")
+    assert torch.equal(read_imputations(in_memory)[0], read_imputations(full)[0])

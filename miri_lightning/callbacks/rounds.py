@@ -34,21 +34,27 @@ def shard(n: int, rank: int, world: int) -> torch.Tensor:
 
 
 def reimpute(trainer: Trainer, pl_module: LightningModule, dm: MaskedImageDataModule, batch_size: int):
-    """x_hat^(t) for the whole collection, identical on every rank; every image solved exactly once."""
+    """Write x_hat^(t+1) into `dm.new_round_buffer()`; every image solved exactly once, by one rank.
+
+    Gathering chunk by chunk keeps the collectives small; every rank then holds
+    the same collection (or, memory-mapped, maps the same file).
+    """
     n, world = len(dm.imputations), trainer.world_size
     mine = shard(n, trainer.global_rank, world)
-    result = torch.empty_like(dm.imputations)
+    result = dm.new_round_buffer()
     for start in range(0, len(mine), batch_size):  # the same number of chunks on every rank
         idx = mine[start:start + batch_size]
         rows = idx.clamp_min(0)  # padding solves a dummy image, dropped below
         out = pl_module.impute(dm.imputations[rows], dm.masks[rows], batch_size=batch_size)
+        dm.check_imputed(rows, out)
         all_idx = pl_module.all_gather(idx.to(pl_module.device))
         all_out = pl_module.all_gather(out.to(pl_module.device))
         if world == 1:
             all_idx, all_out = all_idx[None], all_out[None]
         all_idx, all_out = all_idx.flatten(0, 1).cpu(), all_out.flatten(0, 1).cpu()
         keep = all_idx >= 0
-        result[all_idx[keep]] = all_out[keep]
+        if result is not None:
+            result[all_idx[keep]] = all_out[keep]
     return result
 
 
@@ -98,9 +104,7 @@ class MIRIRounds(Callback):
             return
         dm = trainer.datamodule
         start = time.perf_counter()
-        new = reimpute(trainer, pl_module, dm, self.solve_batch_size)
-        dm.set_imputations(new)
-        dm.round += 1
+        dm.next_round(reimpute(trainer, pl_module, dm, self.solve_batch_size))
         pl_module.finish_round()
         timing = {"train_seconds": self.train_seconds, "impute_seconds": time.perf_counter() - start}
         self.train_seconds = 0.0

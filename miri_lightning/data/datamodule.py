@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Literal, Optional
 
 import torch
@@ -14,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from ..errors import ConfigError, DataError
 from .masks import MCAR, MaskMechanism
 from .sources import ImageSource, Shapes
+from .storage import MemmapStore, StateMode, choose_mode, round_file
 
 InitFill = Literal["noise", "mean"]
 
@@ -75,6 +77,14 @@ class MaskedImageDataModule(LightningDataModule):
         batch_size: training images per step on each device.
         num_workers: DataLoader worker processes.
         seed: seed of the initial fill and of the batch order.
+        state: where the imputations and ground truth live: `memory` (shared
+            by a process's DataLoader workers), `memmap` (one `.npy` file per
+            round in `state_dir`, mapped by all the node's processes; the
+            checkpoint names the file), or `auto`: `memmap` when the
+            float32 copies of all the node's processes would take more than a
+            quarter of its memory.
+        state_dir: node-local folder for `memmap` files (default: the run
+            folder's `state/`); each node writes its own `node<k>/` copy.
     """
 
     def __init__(
@@ -85,6 +95,8 @@ class MaskedImageDataModule(LightningDataModule):
         batch_size: int = 64,
         num_workers: int = 0,
         seed: int = 0,
+        state: StateMode = "auto",
+        state_dir: Optional[str] = None,
     ):
         super().__init__()
         if batch_size < 2:
@@ -93,6 +105,9 @@ class MaskedImageDataModule(LightningDataModule):
             raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
         self.source, self.mask = source, mask
         self.init_fill, self.batch_size, self.num_workers, self.seed = init_fill, batch_size, num_workers, seed
+        self.state, self.state_dir = state, state_dir
+        self.store: Optional[MemmapStore] = None  # set when the state is memory-mapped
+        self._batches: Optional[ImputationBatches] = None
         self.truth: Optional[torch.Tensor] = None
         self.masks: Optional[torch.Tensor] = None
         self.imputations: Optional[torch.Tensor] = None
@@ -113,16 +128,31 @@ class MaskedImageDataModule(LightningDataModule):
         if self.mask is not None or masks is None:
             drawn = (self.mask or MCAR(missing_rate=0.6))(images)
             masks = drawn if masks is None else masks & drawn
-        # Ground truth exists only where every missing entry was hidden by us.
-        self.truth = images if loaded.masks is None else None
-        self.masks = masks.bool()
+        self.masks = masks.bool().share_memory_()
         self._check_collection(images)
-        self.imputations = initial_fill(images, self.masks, self.init_fill, self.seed).share_memory_()
-        self.masks.share_memory_()
+        start = initial_fill(images, self.masks, self.init_fill, self.seed)
+        # Ground truth exists only where every missing entry was hidden by us.
+        truth = images if loaded.masks is None else None
+        processes = self.trainer.num_devices if self.trainer else 1
+        if choose_mode(self.state, images.numel(), processes) == "memmap":
+            self.store = self._make_store()
+            self.truth = None if truth is None else self.store.save("truth.npy", truth)
+            self.imputations = self.store.save(round_file(0), start)
+        else:
+            self.truth, self.imputations = truth, start.share_memory_()
         rank_zero_info(
             f"MIRI data: {len(images)} images of shape {tuple(images.shape[1:])}, "
-            f"{100 * (1 - self.masks.float().mean()):.1f} % entries missing"
+            f"{100 * (1 - self.masks.float().mean()):.1f} % entries missing, state in "
+            f"{'memory' if self.store is None else self.store.folder}"
         )
+
+    def _make_store(self) -> MemmapStore:
+        trainer = self.trainer
+        root = Path(self.state_dir or Path(trainer.default_root_dir if trainer else ".") / "state")
+        if trainer is None:
+            return MemmapStore(root / "node0", writer=True, barrier=lambda: None)
+        return MemmapStore(root / f"node{trainer.node_rank}", writer=trainer.local_rank == 0,
+                           barrier=trainer.strategy.barrier)
 
     def _check_collection(self, images: torch.Tensor) -> None:
         if self.masks.shape != images.shape:
@@ -145,21 +175,32 @@ class MaskedImageDataModule(LightningDataModule):
             self.setup()
         return tuple(self.masks.shape[1:])
 
-    def set_imputations(self, new: torch.Tensor) -> None:
-        """Replace x_hat in place (workers share the storage); observed entries must be untouched."""
-        new = new.to(self.imputations.dtype).cpu()
-        if new.shape != self.imputations.shape:
-            raise DataError(f"new imputations have shape {tuple(new.shape)}, expected {tuple(self.imputations.shape)}")
-        if not torch.isfinite(new).all():
-            raise DataError("new imputations contain NaN or infinite values; the collection was left unchanged")
-        if not torch.equal(new[self.masks], self.imputations[self.masks]):
-            raise DataError("new imputations changed observed entries; the collection was left unchanged")
-        self.imputations.copy_(new)
+    def check_imputed(self, rows: torch.Tensor, values: torch.Tensor) -> None:
+        """Refuse new imputations of images `rows` that are not finite or changed an observed entry."""
+        if not torch.isfinite(values).all():
+            raise DataError("the ODE solve gave NaN or infinite values; the collection was left unchanged")
+        observed = self.masks[rows]
+        if not torch.equal(values[observed], self.imputations[rows][observed]):
+            raise DataError("the ODE solve changed observed entries; the collection was left unchanged")
+
+    def new_round_buffer(self) -> Optional[torch.Tensor]:
+        """Where the next round's imputations are written (None on processes that do not write them)."""
+        return torch.empty_like(self.imputations) if self.store is None else self.store.create(self.imputations)
+
+    def next_round(self, buffer: Optional[torch.Tensor]) -> None:
+        """Make the filled buffer x_hat^(t+1) and count the round."""
+        if self.store is None:
+            self.imputations.copy_(buffer)  # in place: workers share this storage
+        else:
+            self.imputations = self.store.commit(round_file(self.round + 1))
+            if self._batches is not None:  # workers start afresh each epoch and copy this
+                self._batches.imputations = self.imputations
+        self.round += 1
 
     # -- batches ----------------------------------------------------------
 
     def train_dataloader(self) -> DataLoader:
-        dataset = ImputationBatches(self.imputations, self.masks)
+        dataset = self._batches = ImputationBatches(self.imputations, self.masks)
         # This rank's share, shuffled by (seed, epoch) only, so a resumed run draws the
         # same batches; Lightning calls set_epoch and leaves a DistributedSampler as it is.
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
@@ -170,7 +211,8 @@ class MaskedImageDataModule(LightningDataModule):
             collate_fn=_whole_batch,
             drop_last=True,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            # Memory-mapped rounds are new files: workers must restart to map the new one.
+            persistent_workers=self.num_workers > 0 and self.store is None,
         )
 
     # -- checkpoint state -----------------------------------------------
@@ -179,8 +221,11 @@ class MaskedImageDataModule(LightningDataModule):
         return hashlib.sha1(self.masks.numpy().tobytes()).hexdigest()
 
     def state_dict(self) -> dict:
-        """The current imputations and round: a checkpoint resumes with them, not from the initial fill."""
-        return {"imputations": self.imputations.clone(), "round": self.round, "masks_sha1": self._masks_digest()}
+        """The current imputations (or, memory-mapped, the file that holds them) and the round."""
+        state = {"round": self.round, "masks_sha1": self._masks_digest()}
+        if self.store is None:
+            return {**state, "imputations": self.imputations.clone()}
+        return {**state, "state_dir": str(self.store.folder.parent.resolve()), "imputations_file": round_file(self.round)}
 
     def load_state_dict(self, state: dict) -> None:
         """Swap in a checkpoint's imputations (Lightning calls this after `setup()`)."""
@@ -188,5 +233,13 @@ class MaskedImageDataModule(LightningDataModule):
             raise DataError(
                 "the checkpoint's masks differ from this run's: resume with the same data and mask settings"
             )
-        self.imputations.copy_(state["imputations"])
         self.round = int(state["round"])
+        saved = state.get("imputations")
+        if saved is None:  # a memory-mapped run: this node's copy of the round's file
+            node = self.trainer.node_rank if self.trainer else 0
+            source = MemmapStore(Path(state["state_dir"]) / f"node{node}", writer=False, barrier=lambda: None)
+            saved = source.open(state["imputations_file"])
+        if self.store is None:
+            self.imputations.copy_(saved)
+        else:
+            self.imputations = self.store.save(round_file(self.round), saved)
