@@ -86,6 +86,27 @@ def test_memory_mapped_state_is_one_file_shared_by_both_ranks(ddp_run, tmp_path)
     assert torch.equal(states[0]["imputations"], expected)  # the same run as with the state in memory
 
 
+def test_two_nodes_under_torchrun_each_keep_their_own_state_copy(ddp_run, tmp_path):
+    """Two torchrun "nodes" of one process each, on this machine, with memory-mapped state."""
+    run = tmp_path / "nodes"
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "OMP_NUM_THREADS": "1"}
+    args = [*TINY, *DDP, "--trainer.devices", "1", "--trainer.num_nodes", "2", "--data.state", "memmap",
+            "--trainer.default_root_dir", str(run), "--trainer.callbacks+=ddp_probe.DumpState"]
+    port = str(29500 + os.getpid() % 1000)
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node",
+                               "1", "--node_rank", str(k), "--master_addr", "127.0.0.1", "--master_port", port,
+                               str(ROOT / "train.py"), *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True) for k in (0, 1)]
+    errors = [node.communicate(timeout=240)[1] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
+    for k in (0, 1):
+        assert (run / "state" / f"node{k}" / "imputations_round002.npy").is_file()
+    states = [torch.load(run / f"state_rank{r}.pt", weights_only=True) for r in (0, 1)]
+    expected = torch.load(ddp_run / "state_rank0.pt", weights_only=True)["imputations"]
+    assert torch.equal(states[0]["imputations"], states[1]["imputations"])
+    assert torch.equal(states[0]["imputations"], expected)
+
+
 def test_a_failing_rank_ends_the_run_with_its_message(tmp_path):
     done = train(tmp_path / "fail", "--trainer.callbacks+=ddp_probe.FailOnRankOne", timeout=180)
     assert done.returncode != 0
