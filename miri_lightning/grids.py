@@ -12,19 +12,20 @@ from torchvision.utils import make_grid
 MISSING_COLOUR = torch.tensor([1.0, 0.0, 1.0])
 
 
-def _rgb(images: torch.Tensor) -> torch.Tensor:
+def to_rgb(images: torch.Tensor) -> torch.Tensor:
+    """(N, 1 or 3, H, W) -> (N, 3, H, W)."""
     return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 
 
 def show_missing(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """RGB copies of `images` with every pixel that has a missing channel painted MISSING_COLOUR."""
     pixel_missing = (~masks.bool()).any(1, keepdim=True)
-    return torch.where(pixel_missing, MISSING_COLOUR.view(1, 3, 1, 1), _rgb(images))
+    return torch.where(pixel_missing, MISSING_COLOUR.view(1, 3, 1, 1), to_rgb(images))
 
 
 def imputation_grid(imputed: torch.Tensor, masks: torch.Tensor, truth: Optional[torch.Tensor] = None):
     """Rows: masked input, imputation, ground truth (when known); one column per image."""
-    rows = [show_missing(imputed, masks), _rgb(imputed)] + ([_rgb(truth)] if truth is not None else [])
+    rows = [show_missing(imputed, masks), to_rgb(imputed)] + ([to_rgb(truth)] if truth is not None else [])
     return make_grid(torch.cat(rows).float(), nrow=len(imputed), padding=2, pad_value=1.0)
 
 

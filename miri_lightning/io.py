@@ -29,11 +29,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.remove(tmp)
 
 
-def save_imputations(path, imputations: torch.Tensor, masks: torch.Tensor, round_index: int) -> None:
-    """`images` float32 (N, C, H, W) in [0, 1] (lossless), `masks` uint8 (1 = observed), `round`."""
+def save_imputations(path, imputations: torch.Tensor, masks: torch.Tensor, **extra) -> None:
+    """`images` float32 (N, H, W, C) in [0, 1] (lossless), `masks` uint8 (N, H, W, C) (1 = observed), and `extra`.
+
+    The layout is the one `NpzImages` reads, so an output can be fed back in.
+    Leading dimensions before (N, C, H, W) (several samples) are kept.
+    """
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, images=imputations.float().numpy(), masks=masks.to(torch.uint8).numpy(),
-                 round=np.int64(round_index))
+        np.savez(f, images=imputations.float().movedim(-3, -1).numpy(),
+                 masks=masks.to(torch.uint8).movedim(-3, -1).numpy(), **extra)
 
 
 def save_png(path, image: torch.Tensor) -> None:

@@ -52,4 +52,4 @@ def read_rounds(run_dir: Path) -> list[dict]:
 
 def read_imputations(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
     with np.load(run_dir / "imputations.npz") as f:
-        return torch.from_numpy(f["images"]), torch.from_numpy(f["masks"]).bool()
+        return torch.from_numpy(f["images"]).permute(0, 3, 1, 2), torch.from_numpy(f["masks"]).bool().permute(0, 3, 1, 2)

@@ -47,20 +47,21 @@ def _whole_batch(batch):
     return batch
 
 
-def initial_fill(observed: torch.Tensor, masks: torch.Tensor, how: InitFill, seed: int) -> torch.Tensor:
-    """x_hat^(0): observed entries from the data, missing ones filled `how`.
+def observed_mean(observed: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """(C, H, W): each entry's mean over the images where it is observed (the global observed mean elsewhere)."""
+    counts = masks.sum(0)
+    mean = (observed * masks).sum(0) / counts.clamp_min(1)
+    global_mean = observed[masks].mean() if masks.any() else torch.tensor(0.5)
+    return torch.where(counts > 0, mean, global_mean)
 
-    `noise` is uniform in [0, 1] (the paper's choice); `mean` is the per-entry
-    mean of the observed values over the collection (the global observed mean
-    where an entry is never observed).
-    """
-    if how == "noise":
+
+def initial_fill(observed: torch.Tensor, masks: torch.Tensor, fill_values: Optional[torch.Tensor], seed: int):
+    """x_hat^(0): observed entries from the data, missing ones from `fill_values` (C, H, W),
+    or, when it is None, uniform noise in [0, 1] (the paper's choice)."""
+    if fill_values is None:
         fill = torch.rand(observed.shape, generator=torch.Generator().manual_seed(seed))
     else:
-        counts = masks.sum(0)
-        mean = (observed * masks).sum(0) / counts.clamp_min(1)
-        global_mean = observed[masks].mean() if masks.any() else torch.tensor(0.5)
-        fill = torch.where(counts > 0, mean, global_mean).expand_as(observed)
+        fill = fill_values.expand_as(observed)
     return torch.where(masks, observed, fill)
 
 
@@ -109,6 +110,7 @@ class MaskedImageDataModule(LightningDataModule):
         self.store: Optional[MemmapStore] = None  # set when the state is memory-mapped
         self._batches: Optional[ImputationBatches] = None
         self.truth: Optional[torch.Tensor] = None
+        self.fill_values: Optional[torch.Tensor] = None
         self.masks: Optional[torch.Tensor] = None
         self.imputations: Optional[torch.Tensor] = None
         self.round = 0
@@ -130,7 +132,8 @@ class MaskedImageDataModule(LightningDataModule):
             masks = drawn if masks is None else masks & drawn
         self.masks = masks.bool().share_memory_()
         self._check_collection(images)
-        start = initial_fill(images, self.masks, self.init_fill, self.seed)
+        self.fill_values = observed_mean(images, self.masks) if self.init_fill == "mean" else None
+        start = initial_fill(images, self.masks, self.fill_values, self.seed)
         # Ground truth exists only where every missing entry was hidden by us.
         truth = images if loaded.masks is None else None
         processes = self.trainer.num_devices if self.trainer else 1
@@ -222,7 +225,9 @@ class MaskedImageDataModule(LightningDataModule):
 
     def state_dict(self) -> dict:
         """The current imputations (or, memory-mapped, the file that holds them) and the round."""
-        state = {"round": self.round, "masks_sha1": self._masks_digest()}
+        # The fill goes along so that new images can later be filled the way round 0 was.
+        state = {"round": self.round, "masks_sha1": self._masks_digest(), "init_fill": self.init_fill,
+                 "fill_values": self.fill_values}
         if self.store is None:
             return {**state, "imputations": self.imputations.clone()}
         return {**state, "state_dir": str(self.store.folder.parent.resolve()), "imputations_file": round_file(self.round)}

@@ -60,7 +60,8 @@ def _uint8_to_tensor(array: np.ndarray | torch.Tensor) -> torch.Tensor:
     return tensor.permute(0, 3, 1, 2).contiguous().float().div_(255)
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
+    """The image files of a folder, sorted by name (a DataError when there are none)."""
     if not folder.is_dir():
         raise DataError(f"image folder {folder} does not exist or is not a directory")
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
@@ -71,7 +72,8 @@ def _image_files(folder: Path) -> list[Path]:
     return files
 
 
-def _read_image(path: Path, mode: str) -> Image.Image:
+def read_image(path: Path, mode: str) -> Image.Image:
+    """A decoded image in PIL `mode` (a DataError naming the file when it cannot be read)."""
     try:
         with Image.open(path) as image:
             return image.convert(mode)  # convert() decodes the whole file, so truncated files fail here
@@ -89,7 +91,8 @@ def _center_crop_resize(image: Image.Image, crop: int, size: int) -> Image.Image
     return image.crop((left, top, left + crop, top + crop)).resize((size, size), Image.Resampling.BICUBIC)
 
 
-def _stack(images: list[Image.Image]) -> torch.Tensor:
+def stack_images(images: list[Image.Image]) -> torch.Tensor:
+    """Same-sized PIL images -> float32 (N, C, H, W) in [0, 1]."""
     return _uint8_to_tensor(np.stack([np.asarray(image) for image in images]))
 
 
@@ -284,9 +287,10 @@ class NpzImages(ImageSource):
     def _masks(self, array: np.ndarray, image_shape: torch.Size) -> torch.Tensor:
         n, c, h, w = image_shape
         where = f"{self.path} array {self.mask_key!r}"
-        if array.shape not in ((n, h, w), (n, h, w, c)):
+        if array.shape not in ((n, h, w), (n, h, w, 1), (n, h, w, c)):
             raise DataError(
-                f"{where} has shape {array.shape}, expected {(n, h, w)} or {(n, h, w, c)} to match the images"
+                f"{where} has shape {array.shape}, expected {(n, h, w)}, {(n, h, w, 1)} or {(n, h, w, c)} "
+                "to match the images"
             )
         if not np.isin(array, (0, 1)).all():
             raise DataError(f"{where} must hold only 0/1 (1 = observed)")
@@ -319,8 +323,8 @@ class ImageFolder(ImageSource):
 
     def load(self) -> ImageSet:
         mode = "RGB" if self.channels == 3 else "L"
-        files = _image_files(self.path)[: self.num_images]
-        images = [_read_image(f, mode) for f in files]
+        files = image_files(self.path)[: self.num_images]
+        images = [read_image(f, mode) for f in files]
         if self.image_size is not None:
             images = [_center_crop_resize(im, min(im.size), self.image_size) for im in images]
         else:
@@ -330,7 +334,7 @@ class ImageFolder(ImageSource):
                         f"image {file} is {image.width}x{image.height} but {files[0].name} is "
                         f"{images[0].width}x{images[0].height}; set image_size to resize them all"
                     )
-        return ImageSet(images=_stack(images))
+        return ImageSet(images=stack_images(images))
 
 
 class _TorchvisionSplit(ImageSource):
@@ -438,9 +442,9 @@ class CelebA(ImageSource):
             self._torchvision_files()
 
     def load(self) -> ImageSet:
-        files = _image_files(self.folder) if self.folder is not None else self._torchvision_files()
-        images = [_read_image(f, "RGB") for f in files[: self.num_images]]
-        return ImageSet(images=_stack([_center_crop_resize(im, self.CROP, self.image_size) for im in images]))
+        files = image_files(self.folder) if self.folder is not None else self._torchvision_files()
+        images = [read_image(f, "RGB") for f in files[: self.num_images]]
+        return ImageSet(images=stack_images([_center_crop_resize(im, self.CROP, self.image_size) for im in images]))
 
     def _torchvision_files(self) -> list[Path]:
         from torchvision.datasets import CelebA as TorchCelebA

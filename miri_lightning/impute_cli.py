@@ -1,0 +1,145 @@
+"""`miri-impute` (also `python scripts/impute.py`): fill in new images from files with a trained run.
+
+Inputs, 1 = observed everywhere:
+  --images DIR --masks DIR   images, and mask images of the same names (white = observed, black = missing)
+  --images DIR               PNGs with an alpha channel (opaque = observed, transparent = missing)
+  --npz FILE                 `images` (N,H,W[,C]) and `masks`, or `images` with NaN where missing
+Outputs: `--out DIR` (one PNG per image, `--side-by-side` puts the masked input beside it)
+or `--out FILE.npz` (`images` float32 (N,H,W,C), `masks`; with --num-samples S, (S,N,H,W,C)).
+
+PNG output is 8-bit: values are rounded to k/255. Observed pixels read from
+8-bit images are k/255 already, so they come back unchanged byte for byte;
+for float data whose observed values must stay exact, write `.npz`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .data.sources import NpzImages, image_files, read_image, stack_images
+from .errors import DataError, MIRIError
+from .grids import show_missing, to_rgb
+from .inference import MIRIImputer
+from .io import save_imputations, save_png
+
+
+def _binary(values: torch.Tensor, what: str) -> torch.Tensor:
+    """0/255 channel values (as floats in [0, 1]) -> bool; anything in between is an error naming `what`."""
+    if not ((values == 0) | (values == 1)).all():
+        raise DataError(f"{what} must be fully opaque/white (observed) or transparent/black (missing); "
+                        "found values in between")
+    return values.bool()
+
+
+def read_folder(images_dir: Path, masks_dir: Optional[Path], channels: int):
+    """(names, images (N,C,H,W), masks (N,1,H,W)) from a folder of images and masks or of RGBA PNGs."""
+    files = image_files(images_dir)
+    mode = "RGB" if channels == 3 else "L"
+    masks = []
+    for file in files:
+        if masks_dir is not None:
+            mask_file = masks_dir / file.name
+            if not mask_file.is_file():
+                raise DataError(f"no mask {mask_file} for image {file}")
+            mask = np.asarray(read_image(mask_file, "L"))
+        else:
+            rgba = read_image(file, "RGBA")  # reads (and checks) the file first
+            with Image.open(file) as original:
+                if "A" not in original.getbands() and "transparency" not in original.info:
+                    raise DataError(f"{file} has no alpha channel: give --masks, or save it with transparency")
+            mask = np.asarray(rgba)[..., 3]
+        masks.append(_binary(torch.from_numpy(mask.copy()).float() / 255, f"mask of {file.name}")[None])
+    images = [read_image(f, mode) for f in files]
+    sizes = {im.size for im in images}
+    if len(sizes) > 1:
+        raise DataError(f"images in {images_dir} have different sizes {sorted(sizes)}")
+    return [f.stem for f in files], stack_images(images), torch.stack(masks)
+
+
+def read_inputs(args, channels: int):
+    if args.npz is not None:
+        loaded = NpzImages(args.npz).load()
+        if loaded.masks is None:
+            raise DataError(f"{args.npz} holds neither a `masks` array nor NaN values: nothing is marked missing")
+        return [f"{i:05d}" for i in range(len(loaded.images))], loaded.images, loaded.masks
+    return read_folder(args.images, args.masks, channels)
+
+
+def check_output(out: Path, args) -> None:
+    """Refuse, before any work, an output that would overwrite an input."""
+    inputs = [p.resolve() for p in (args.images, args.masks, args.npz) if p is not None]
+    if out.resolve() in inputs:
+        raise DataError(f"--out {out} would overwrite the input {out}; choose another path")
+
+
+def write_outputs(out: Path, names, images, masks, result, side_by_side: bool) -> None:
+    masks = masks.expand_as(images)
+    if out.suffix == ".npz":
+        save_imputations(out, result, masks)
+        return
+    samples = result if result.dim() == 5 else result[None]
+    for s, sample in enumerate(samples):
+        for name, image, mask, filled in zip(names, images, masks, sample):
+            picture = filled
+            if side_by_side:
+                picture = torch.cat([show_missing(image[None], mask[None]), to_rgb(filled[None])], dim=3)[0]
+            save_png(out / (name + (f"_s{s}" if len(samples) > 1 else "") + ".png"), picture)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="miri-impute", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", type=Path, help="a training checkpoint (.ckpt) or an exported file")
+    p.add_argument("--images", type=Path, help="folder of images")
+    p.add_argument("--masks", type=Path, help="folder of masks with the images' file names")
+    p.add_argument("--npz", type=Path, help=".npz with `images` and `masks` (or NaN where missing)")
+    p.add_argument("--out", type=Path, required=True, help="output folder of PNGs, or a .npz file")
+    p.add_argument("--side-by-side", action="store_true", help="PNGs show the masked input beside the imputation")
+    p.add_argument("--num-samples", type=int, default=1, help="independent imputations of each image")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial fill")
+    p.add_argument("--method", choices=["euler", "midpoint", "rk4", "dopri5"], help="override the solver")
+    p.add_argument("--steps", type=int, help="override the solver's step count")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", default="32", choices=["32", "bf16", "16"])
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = parser().parse_args(argv)
+    if (args.npz is None) == (args.images is None):
+        parser().error("give exactly one of --images DIR or --npz FILE")
+    try:
+        check_output(args.out, args)
+        imputer = MIRIImputer.load(args.checkpoint, device=args.device, precision=args.precision)
+        names, images, masks = read_inputs(args, imputer.image_shape[0])
+        result = imputer.impute(images, masks, seed=args.seed, num_samples=args.num_samples,
+                                batch_size=args.batch_size, method=args.method, steps=args.steps, progress=True)
+        write_outputs(args.out, names, images, masks, result, args.side_by_side)
+    except MIRIError as err:
+        sys.exit(f"error: {err}")
+    print(f"imputed {len(images)} images x {args.num_samples} sample(s) into {args.out}")
+
+
+def export_main(argv: Optional[list[str]] = None) -> None:
+    """`miri-export CKPT OUT [--half]`: keep only what imputing needs, in a file safe to load."""
+    p = argparse.ArgumentParser(prog="miri-export", description=export_main.__doc__)
+    p.add_argument("checkpoint", type=Path, help="a training checkpoint (.ckpt)")
+    p.add_argument("out", type=Path, help="the exported file (e.g. model.pt)")
+    p.add_argument("--half", action="store_true", help="store the weights in float16 (half the size)")
+    args = p.parse_args(argv)
+    try:
+        if args.out.resolve() == args.checkpoint.resolve():
+            raise DataError(f"{args.out} would overwrite the checkpoint; choose another path")
+        MIRIImputer.load(args.checkpoint).export(args.out, half=args.half)
+    except MIRIError as err:
+        sys.exit(f"error: {err}")
+    print(f"exported {args.checkpoint} ({args.checkpoint.stat().st_size / 1e6:.1f} MB) "
+          f"to {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")

@@ -1,0 +1,176 @@
+"""Imputing new images from a checkpoint: the Python API, the command line, exported files, bad inputs."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import run_cli
+from miri_lightning.data.masks import MCAR
+from miri_lightning.data.sources import Shapes
+from miri_lightning.errors import DataError
+from miri_lightning.impute_cli import export_main, main
+from miri_lightning.inference import MIRIImputer
+from miri_lightning.metrics import missing_rmse, psnr
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    run = run_cli(tmp_path_factory.mktemp("train") / "run", "--trainer.max_epochs", "8", "--rounds.epochs_per_round", "4")
+    return run / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    """New images from the training distribution, quantised to 8 bits as image files are, with masks."""
+    images = Shapes(num_images=12, image_size=16, seed=7).load().images
+    images = (images * 255).round() / 255
+    return images, MCAR(missing_rate=0.6, seed=3)(images)[:, :1]
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def test_api_keeps_observed_entries_and_is_reproducible(ckpt, held_out):
+    imputer = MIRIImputer.load(ckpt)
+    images, masks = held_out
+    out = imputer.impute(images, masks, seed=1)
+    full = masks.expand_as(images)
+    assert out.shape == images.shape and torch.equal(out[full], images[full])
+    assert torch.equal(out, imputer.impute(images, masks, seed=1))
+    assert torch.allclose(out, imputer.impute(images, masks, seed=1, batch_size=5), atol=1e-4)  # float rounding
+    assert not torch.equal(out, imputer.impute(images, masks, seed=2))
+    assert not torch.equal(out, imputer.impute(images, masks, seed=1, method="euler", steps=1))
+    draws = imputer.impute(images, masks, seed=1, num_samples=3)
+    assert draws.shape == (3, *images.shape) and torch.equal(draws[0], out)
+    assert not torch.equal(draws[1], draws[2])
+
+
+def test_held_out_images_come_closer_to_the_truth_than_the_initial_fill(ckpt, held_out):
+    imputer = MIRIImputer.load(ckpt)
+    images, masks = held_out
+    full = masks.expand_as(images)
+    filled = imputer.initial_fill(images, full, seed=0)
+    imputed = imputer.impute(images, masks, seed=0)
+    assert psnr(missing_rmse(imputed, images, full)) > psnr(missing_rmse(filled, images, full)) + 0.3
+
+
+def test_export_is_smaller_safe_and_gives_the_same_result(ckpt, held_out, tmp_path):
+    images, masks = held_out
+    expected = MIRIImputer.load(ckpt).impute(images, masks, seed=4)
+    export_main([str(ckpt), str(tmp_path / "model.pt")])
+    export_main([str(ckpt), str(tmp_path / "half.pt"), "--half"])
+    sizes = {p: (tmp_path / p).stat().st_size for p in ("model.pt", "half.pt")}
+    assert sizes["half.pt"] < sizes["model.pt"] < ckpt.stat().st_size
+    assert torch.load(tmp_path / "model.pt", weights_only=True)["format"] == "miri-lightning-imputer"
+    assert torch.equal(MIRIImputer.load(tmp_path / "model.pt").impute(images, masks, seed=4), expected)
+    half = MIRIImputer.load(tmp_path / "half.pt").impute(images, masks, seed=4)
+    assert (half - expected).abs().max() < 0.05
+
+
+def write_pngs(folder: Path, images, masks=None, alpha=False) -> None:
+    folder.mkdir()
+    for i, image in enumerate(images):
+        pixels = to_uint8(image)
+        if alpha:
+            pixels = np.concatenate([pixels, to_uint8(masks[i].float())], axis=2)
+        Image.fromarray(pixels, "RGBA" if alpha else "RGB").save(folder / f"img{i:02d}.png")
+
+
+def read_pngs(folder: Path, count: int) -> np.ndarray:
+    return np.stack([np.asarray(Image.open(folder / f"img{i:02d}.png")) for i in range(count)])
+
+
+def test_cli_gives_the_api_result_for_every_input_and_output_format(ckpt, held_out, tmp_path):
+    images, masks = held_out
+    expected = MIRIImputer.load(ckpt).impute(images, masks, seed=5)
+    as_png = np.stack([to_uint8(x) for x in expected])
+    write_pngs(tmp_path / "rgb", images)
+    (tmp_path / "masks").mkdir()
+    for i, mask in enumerate(masks):
+        Image.fromarray(to_uint8(mask.float())[..., 0], "L").save(tmp_path / "masks" / f"img{i:02d}.png")
+    write_pngs(tmp_path / "rgba", images, masks, alpha=True)
+    nhwc = images.permute(0, 2, 3, 1).numpy()
+    np.savez(tmp_path / "masked.npz", images=nhwc, masks=masks.permute(0, 2, 3, 1).numpy().astype(np.uint8))
+    np.savez(tmp_path / "nan.npz", images=np.where(masks.permute(0, 2, 3, 1).numpy(), nhwc, np.nan))
+
+    main([str(ckpt), "--images", str(tmp_path / "rgb"), "--masks", str(tmp_path / "masks"), "--out",
+          str(tmp_path / "out1"), "--seed", "5"])
+    main([str(ckpt), "--images", str(tmp_path / "rgba"), "--out", str(tmp_path / "out2"), "--seed", "5"])
+    for out in ("out1", "out2"):
+        assert np.array_equal(read_pngs(tmp_path / out, len(images)), as_png)
+    observed = masks.permute(0, 2, 3, 1).expand(-1, -1, -1, 3).numpy()
+    inputs = read_pngs(tmp_path / "rgb", len(images))
+    assert np.array_equal(read_pngs(tmp_path / "out1", len(images))[observed], inputs[observed])
+    for name in ("masked", "nan"):
+        main([str(ckpt), "--npz", str(tmp_path / f"{name}.npz"), "--out", str(tmp_path / f"{name}_out.npz"),
+              "--seed", "5"])
+        with np.load(tmp_path / f"{name}_out.npz") as f:
+            assert np.array_equal(f["images"], expected.permute(0, 2, 3, 1).numpy())
+    main([str(ckpt), "--images", str(tmp_path / "rgba"), "--out", str(tmp_path / "sbs"), "--side-by-side"])
+    assert np.asarray(Image.open(tmp_path / "sbs" / "img00.png")).shape == (16, 32, 3)
+
+
+def bad_run(capsys, *args) -> str:
+    with pytest.raises(SystemExit) as err:
+        main([str(a) for a in args])
+    return str(err.value.code) + capsys.readouterr().err
+
+
+def test_bad_checkpoints_are_named(ckpt, tmp_path, capsys):
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    (tmp_path / "text.ckpt").write_text("hello")
+    (tmp_path / "cut.ckpt").write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    np.savez(tmp_path / "in.npz", images=np.zeros((1, 16, 16, 3)), masks=np.ones((1, 16, 16)))
+    for bad, message in (("other.pt", "not a miri-lightning checkpoint"), ("text.ckpt", "not a readable"),
+                         ("cut.ckpt", "not a readable")):
+        out = tmp_path / "out"
+        assert message in bad_run(capsys, tmp_path / bad, "--npz", tmp_path / "in.npz", "--out", out)
+        assert not out.exists()
+
+
+def test_bad_inputs_stop_before_anything_is_written(ckpt, held_out, tmp_path, capsys):
+    images, masks = held_out
+    write_pngs(tmp_path / "small", torch.rand(2, 3, 8, 8))
+    write_pngs(tmp_path / "small_masks", torch.ones(2, 3, 8, 8))
+    (tmp_path / "half_masks").mkdir()
+    write_pngs(tmp_path / "imgs", images[:2])
+    for i in range(2):
+        Image.fromarray(np.full((16, 16), 128, np.uint8), "L").save(tmp_path / "half_masks" / f"img{i:02d}.png")
+    np.savez(tmp_path / "gray.npz", images=np.zeros((2, 16, 16), np.uint8), masks=np.ones((2, 16, 16), np.uint8))
+    blind = np.ones((2, 16, 16, 3), np.uint8)
+    blind[1] = 0
+    np.savez(tmp_path / "blind.npz", images=np.zeros((2, 16, 16, 3), np.uint8), masks=blind)
+    cases = [
+        (["--images", tmp_path / "small"], "has no alpha channel"),
+        (["--images", tmp_path / "small", "--masks", tmp_path / "small_masks"], "images must be (N, 3, 16, 16)"),
+        (["--npz", tmp_path / "gray.npz"], "images must be (N, 3, 16, 16)"),
+        (["--images", tmp_path / "imgs", "--masks", tmp_path / "half_masks"], "must be fully opaque/white"),
+        (["--npz", tmp_path / "blind.npz"], "images [1] have no observed pixel"),
+    ]
+    for args, message in cases:
+        out = tmp_path / "out"
+        assert message in bad_run(capsys, ckpt, *args, "--out", out)
+        assert not out.exists()
+    assert "would overwrite the input" in bad_run(capsys, ckpt, "--images", tmp_path / "imgs", "--masks",
+                                                  tmp_path / "half_masks", "--out", tmp_path / "imgs")
+    assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == ["img00.png", "img01.png"]
+
+
+def test_api_errors_name_the_tensor(ckpt, held_out):
+    imputer = MIRIImputer.load(ckpt)
+    images, masks = held_out
+    with pytest.raises(DataError, match="masks must be"):
+        imputer.impute(images, masks.expand(-1, 2, -1, -1))
+    with pytest.raises(DataError, match="only 0"):
+        imputer.impute(images, masks * 0.5)
+    for value in (float("nan"), float("inf")):
+        bad = images.clone()
+        bad[masks.expand_as(images)] = value
+        with pytest.raises(DataError, match="NaN or infinite"):
+            imputer.impute(bad, masks)
+    missing_nan = torch.where(masks.expand_as(images), images, torch.nan)  # NaN where missing is fine
+    assert torch.isfinite(imputer.impute(missing_nan, masks)).all()
