@@ -149,7 +149,7 @@ class MIRIImputer:
         masks = self.check(images, masks)
         solver = replace(self.solver, **{k: v for k, v in (("method", method), ("steps", steps)) if v is not None})
         bar = tqdm(total=num_samples * len(self.round_weights) * len(images), disable=not progress, unit="img",
-                   desc="imputing")
+                   desc="imputing (images x rounds)")
         # Sample by sample, so that sample s is exactly what a single imputation with seed + s gives.
         samples = [self._chain(self.initial_fill(images, masks, seed + s), masks, solver, batch_size, bar)
                    for s in range(num_samples)]
