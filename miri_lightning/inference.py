@@ -20,6 +20,7 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
+from .baselines import initial_fill
 from .errors import DataError
 from .flow import SolverConfig, solve
 from .io import atomic_path
@@ -65,7 +66,7 @@ class MIRIImputer:
         net: the U-Net's shape.
         round_weights: state dicts of v_1 ... v_T.
         solver: default ODE solver (overridable per call).
-        init_fill: round 0's fill of missing entries: `noise` (uniform) or `mean`.
+        init_fill: round 0's fill of missing entries: `noise`, `mean` or `interpolation`.
         fill_values: the training collection's per-entry observed mean (for `mean`).
         device, precision: where and how to compute (`32`, `bf16` or `16` autocast).
     """
@@ -131,11 +132,7 @@ class MIRIImputer:
 
     def initial_fill(self, images: torch.Tensor, masks: torch.Tensor, seed: int) -> torch.Tensor:
         """x_hat^(0) of new images, filled the way round 0 filled the training collection."""
-        if self.init_fill == "mean" and self.fill_values is not None:
-            fill = self.fill_values.float().expand_as(images)
-        else:
-            fill = torch.rand(images.shape, generator=torch.Generator().manual_seed(seed))
-        return torch.where(masks, images.float(), fill)
+        return initial_fill(images.float(), masks, self.init_fill, seed, self.fill_values)
 
     def impute(self, images: torch.Tensor, masks: torch.Tensor, seed: int = 0, num_samples: int = 1,
                batch_size: int = 256, method: Optional[str] = None, steps: Optional[int] = None,

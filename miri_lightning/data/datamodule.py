@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
 from jsonargparse import lazy_instance
@@ -12,12 +12,11 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from ..baselines import InitFill, initial_fill, observed_mean
 from ..errors import ConfigError, DataError
 from .masks import MCAR, MaskMechanism
 from .sources import ImageSource, Shapes
 from .storage import MemmapStore, StateMode, choose_mode, round_file
-
-InitFill = Literal["noise", "mean"]
 
 
 class ImputationBatches(Dataset):
@@ -47,24 +46,6 @@ def _whole_batch(batch):
     return batch
 
 
-def observed_mean(observed: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """(C, H, W): each entry's mean over the images where it is observed (the global observed mean elsewhere)."""
-    counts = masks.sum(0)
-    mean = (observed * masks).sum(0) / counts.clamp_min(1)
-    global_mean = observed[masks].mean() if masks.any() else torch.tensor(0.5)
-    return torch.where(counts > 0, mean, global_mean)
-
-
-def initial_fill(observed: torch.Tensor, masks: torch.Tensor, fill_values: Optional[torch.Tensor], seed: int):
-    """x_hat^(0): observed entries from the data, missing ones from `fill_values` (C, H, W),
-    or, when it is None, uniform noise in [0, 1] (the paper's choice)."""
-    if fill_values is None:
-        fill = torch.rand(observed.shape, generator=torch.Generator().manual_seed(seed))
-    else:
-        fill = fill_values.expand_as(observed)
-    return torch.where(masks, observed, fill)
-
-
 class MaskedImageDataModule(LightningDataModule):
     """An image collection with missing entries, and MIRI's imputation state.
 
@@ -74,7 +55,8 @@ class MaskedImageDataModule(LightningDataModule):
             on top of the source's own masks when it has some; when both are
             absent, MCAR at 60 %.
         init_fill: how missing entries are filled before round 1: `noise`
-            (uniform, the paper's) or `mean` (per-entry mean of observed values).
+            (uniform, the paper's), `mean` (per-entry mean of observed values)
+            or `interpolation` (Gaussian-weighted mean of observed neighbours).
         batch_size: training images per step on each device.
         num_workers: DataLoader worker processes.
         seed: seed of the initial fill and of the batch order.
@@ -133,7 +115,7 @@ class MaskedImageDataModule(LightningDataModule):
         self.masks = masks.bool().share_memory_()
         self._check_collection(images)
         self.fill_values = observed_mean(images, self.masks) if self.init_fill == "mean" else None
-        start = initial_fill(images, self.masks, self.fill_values, self.seed)
+        start = initial_fill(images, self.masks, self.init_fill, self.seed, self.fill_values)
         # Ground truth exists only where every missing entry was hidden by us.
         truth = images if loaded.masks is None else None
         processes = self.trainer.num_devices if self.trainer else 1

@@ -1,0 +1,99 @@
+"""Simple imputers: MIRI's initial fills, and the baselines a benchmark puts beside it.
+
+All take images (N, C, H, W) in [0, 1] and bool masks of the same shape
+(True = observed) and return imputations whose observed entries are the data.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+InitFill = Literal["noise", "mean", "interpolation"]
+
+
+def noise_fill(images: torch.Tensor, masks: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Missing entries uniform in [0, 1] (the paper's initial fill).
+
+    The generator's seed is derived from `seed` through its own stream: seeded
+    with `seed` itself, it would replay a mask drawn with the same seed, and
+    the noise at missing entries would be exactly the draws that hid them.
+    """
+    stream = int(np.random.SeedSequence([seed, 0x5EED]).generate_state(1)[0])
+    noise = torch.rand(images.shape, generator=torch.Generator().manual_seed(stream))
+    return torch.where(masks, images, noise)
+
+
+def observed_mean(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """(C, H, W): each entry's mean over the images where it is observed (the global observed mean elsewhere)."""
+    counts = masks.sum(0)
+    mean = (images * masks).sum(0) / counts.clamp_min(1)
+    global_mean = images[masks].mean() if masks.any() else torch.tensor(0.5)
+    return torch.where(counts > 0, mean, global_mean)
+
+
+def mean_fill(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Missing entries set to the per-entry mean of the observed values."""
+    return torch.where(masks, images, observed_mean(images, masks).expand_as(images))
+
+
+def interpolation_fill(images: torch.Tensor, masks: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
+    """Normalised Gaussian convolution: each missing entry is the Gaussian-weighted mean of the
+    observed entries around it, (G * (m x)) / (G * m); the per-entry mean where none is near."""
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    g = torch.exp(-offsets.square() / (2 * sigma**2))
+    c = images.shape[1]
+
+    def blur(x: torch.Tensor) -> torch.Tensor:  # separable, per channel
+        x = F.conv2d(x, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, radius), groups=c)
+        return F.conv2d(x, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(radius, 0), groups=c)
+
+    m = masks.float()
+    weight = blur(m)
+    smooth = blur(images * m) / weight.clamp_min(1e-8)
+    fallback = observed_mean(images, masks).expand_as(images)
+    return torch.where(masks, images, torch.where(weight > 1e-6, smooth, fallback))
+
+
+def knn_fill(images: torch.Tensor, masks: torch.Tensor, k: int = 5, chunk: int = 512) -> torch.Tensor:
+    """k-nearest-neighbour imputation over mutually observed entries.
+
+    The distance between images i and j is the mean squared difference over
+    the entries both observe; a missing entry of i is the mean of that entry
+    over its k nearest images that observe it (the per-entry mean if none does).
+    """
+    n = len(images)
+    x, m = images.flatten(1).double(), masks.flatten(1).double()
+    xm, x2m = x * m, x.square() * m
+    out = images.clone()
+    fallback = observed_mean(images, masks).flatten()
+    for start in range(0, n, chunk):
+        rows = slice(start, start + chunk)
+        shared = m[rows] @ m.T
+        sq = x2m[rows] @ m.T + m[rows] @ x2m.T - 2 * xm[rows] @ xm.T
+        dist = sq / shared.clamp_min(1)
+        dist[shared == 0] = math.inf
+        dist[torch.arange(dist.shape[0]), torch.arange(start, start + dist.shape[0])] = math.inf  # not itself
+        nearest = dist.topk(min(k, n - 1), largest=False).indices  # (rows, k)
+        votes = m[nearest].sum(1)
+        value = xm[nearest].sum(1) / votes.clamp_min(1)
+        value = torch.where(votes > 0, value, fallback.double())
+        flat = out[rows].flatten(1)
+        out[rows] = torch.where(masks[rows].flatten(1), flat, value.to(flat.dtype)).view_as(out[rows])
+    return out
+
+
+def initial_fill(images: torch.Tensor, masks: torch.Tensor, how: InitFill, seed: int = 0,
+                 mean: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """MIRI's x_hat^(0) by `how`; `mean` is a collection's per-entry observed mean (from `images` if None)."""
+    if how == "noise":
+        return noise_fill(images, masks, seed)
+    if how == "interpolation":
+        return interpolation_fill(images, masks)
+    mean = observed_mean(images, masks) if mean is None else mean
+    return torch.where(masks, images, mean.to(images.dtype).expand_as(images))
