@@ -114,6 +114,8 @@ class MaskedImageDataModule(LightningDataModule):
             masks = drawn if masks is None else masks & drawn
         self.masks = masks.bool().share_memory_()
         self._check_collection(images)
+        # The masks never change after this: hash them once, not at every checkpoint.
+        self.masks_sha1 = hashlib.sha1(self.masks.numpy().tobytes()).hexdigest()
         self.fill_values = observed_mean(images, self.masks) if self.init_fill == "mean" else None
         start = initial_fill(images, self.masks, self.init_fill, self.seed, self.fill_values)
         # Ground truth exists only where every missing entry was hidden by us.
@@ -155,7 +157,7 @@ class MaskedImageDataModule(LightningDataModule):
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of every image; available after `setup()`."""
+        """(C, H, W) of every image (loads the collection if `setup()` has not run yet)."""
         if self.masks is None:
             self.setup()
         return tuple(self.masks.shape[1:])
@@ -202,13 +204,10 @@ class MaskedImageDataModule(LightningDataModule):
 
     # -- checkpoint state -----------------------------------------------
 
-    def _masks_digest(self) -> str:
-        return hashlib.sha1(self.masks.numpy().tobytes()).hexdigest()
-
     def state_dict(self) -> dict:
         """The current imputations (or, memory-mapped, the file that holds them) and the round."""
         # The fill goes along so that new images can later be filled the way round 0 was.
-        state = {"round": self.round, "masks_sha1": self._masks_digest(), "init_fill": self.init_fill,
+        state = {"round": self.round, "masks_sha1": self.masks_sha1, "init_fill": self.init_fill,
                  "fill_values": self.fill_values}
         if self.store is None:
             return {**state, "imputations": self.imputations.clone()}
@@ -216,7 +215,7 @@ class MaskedImageDataModule(LightningDataModule):
 
     def load_state_dict(self, state: dict) -> None:
         """Swap in a checkpoint's imputations (Lightning calls this after `setup()`)."""
-        if state.get("masks_sha1") != self._masks_digest():
+        if state.get("masks_sha1") != self.masks_sha1:
             raise DataError(
                 "the checkpoint's masks differ from this run's: resume with the same data and mask settings"
             )
