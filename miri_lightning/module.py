@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from typing import Optional, Union
 
@@ -39,6 +40,9 @@ class MIRI(LightningModule):
         weight_decay: AdamW weight decay.
         warmup_steps: linear learning-rate warm-up, at the start of training and
             again at the start of each round whose network is re-initialised.
+        final_lr_ratio: the learning rate follows a cosine from `lr` down to
+            `lr * final_lr_ratio` over the whole run (1.0: constant). With warm
+            start this lets later rounds settle instead of drifting.
         ema_decay: decay of the exponential moving average of the weights; the
             EMA weights do the re-imputation and are what each round keeps.
         solver: how the re-imputation ODE is solved.
@@ -55,6 +59,7 @@ class MIRI(LightningModule):
         lr: float = 2e-4,
         weight_decay: float = 0.0,
         warmup_steps: int = 100,
+        final_lr_ratio: float = 1.0,
         ema_decay: float = 0.999,
         solver: Union[SolverConfig, dict] = SolverConfig(),
         seed: int = 0,
@@ -64,13 +69,15 @@ class MIRI(LightningModule):
         # Checkpoints store plain dicts, so that loading them needs no pickled classes.
         net = net if isinstance(net, UNetConfig) else UNetConfig(**net)
         solver = solver if isinstance(solver, SolverConfig) else SolverConfig(**solver)
-        if lr <= 0 or warmup_steps < 0 or not 0 <= ema_decay < 1:
+        if lr <= 0 or warmup_steps < 0 or not 0 <= ema_decay < 1 or not 0 < final_lr_ratio <= 1:
             raise ConfigError(
-                f"model: need lr > 0, warmup_steps >= 0 and 0 <= ema_decay < 1; got {lr}, {warmup_steps}, {ema_decay}"
+                "model: need lr > 0, warmup_steps >= 0, 0 <= ema_decay < 1 and 0 < final_lr_ratio <= 1; got "
+                f"lr={lr}, warmup_steps={warmup_steps}, ema_decay={ema_decay}, final_lr_ratio={final_lr_ratio}"
             )
         self.save_hyperparameters(
             {"net": asdict(net), "lr": lr, "weight_decay": weight_decay, "warmup_steps": warmup_steps,
-             "ema_decay": ema_decay, "solver": asdict(solver), "seed": seed, "image_shape": image_shape}
+             "final_lr_ratio": final_lr_ratio, "ema_decay": ema_decay, "solver": asdict(solver), "seed": seed,
+             "image_shape": image_shape}
         )
         self.net_config, self.solver = net, solver
         self.velocity: Optional[VelocityUNet] = None
@@ -136,9 +143,14 @@ class MIRI(LightningModule):
         optimizer = torch.optim.AdamW(self.velocity.parameters(), lr=self.hparams.lr,
                                       weight_decay=self.hparams.weight_decay)
         warmup = max(1, self.hparams.warmup_steps)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step - self.round_start_step + 1) / warmup)
-        )
+        total = max(1, self.trainer.estimated_stepping_batches)
+        low = self.hparams.final_lr_ratio
+
+        def factor(step: int) -> float:
+            cosine = low + (1 - low) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+            return min(1.0, (step - self.round_start_step + 1) / warmup) * cosine
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     # -- imputation -------------------------------------------------------

@@ -112,3 +112,9 @@ def test_memory_mapped_state_resumes_exactly_and_keeps_checkpoints_small(tmp_pat
     assert torch.equal(read_imputations(resumed)[0], read_imputations(full)[0])
     in_memory = run_cli(tmp_path / "in_memory", "--trainer.max_epochs", "2", "--rounds.epochs_per_round", "1")
     assert torch.equal(read_imputations(in_memory)[0], read_imputations(full)[0])
+
+
+def test_cosine_learning_rate_ends_at_the_final_ratio(tmp_path):
+    run_cli(tmp_path, "--model.final_lr_ratio", "0.1", "--trainer.max_epochs", "2", "--rounds.epochs_per_round", "1")
+    state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["lr_schedulers"][0]
+    assert state["_last_lr"][0] == pytest.approx(3e-3 * 0.1)  # 3e-3 is TINY's lr
