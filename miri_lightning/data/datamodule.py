@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ..baselines import InitFill, initial_fill, observed_mean
 from ..errors import ConfigError, DataError
+from .checks import images_without_missing, images_without_observed, shorten
 from .masks import MCAR, MaskMechanism
 from .sources import ImageSource, Shapes
 from .storage import MemmapStore, StateMode, choose_mode, round_file
@@ -109,6 +110,8 @@ class MaskedImageDataModule(LightningDataModule):
             return
         loaded = self.source.load()
         images, masks = loaded.images.float(), loaded.masks
+        if images.numel() == 0:  # before the mask mechanism, which would name only a tensor shape
+            raise DataError(f"data.source {type(self.source).__name__} gave no images (shape {tuple(images.shape)})")
         if self.mask is not None or masks is None:
             drawn = (self.mask or MCAR(missing_rate=0.6))(images)
             masks = drawn if masks is None else masks & drawn
@@ -142,8 +145,16 @@ class MaskedImageDataModule(LightningDataModule):
                            barrier=trainer.strategy.barrier)
 
     def _check_collection(self, images: torch.Tensor) -> None:
+        """Refuse collections training cannot use; report the ones it handles in a special way."""
         if self.masks.shape != images.shape:
             raise DataError(f"masks have shape {tuple(self.masks.shape)}, expected {tuple(images.shape)}")
+        blind = images_without_observed(self.masks)
+        if blind:
+            raise DataError(
+                f"{len(blind)} images have no observed entry, so there is nothing to condition their imputation "
+                f"on: images {shorten(blind)} (after the source's masks and data.mask); remove them from the "
+                "data or hide fewer entries"
+            )
         if len(self.masks) < self.batch_size:
             raise ConfigError(
                 f"data.batch_size ({self.batch_size}) is larger than the collection ({len(self.masks)} images)"
@@ -154,6 +165,10 @@ class MaskedImageDataModule(LightningDataModule):
                 f"{int(never.sum())} entries are missing in every image: nothing in the data "
                 "can tell what they hold, so their imputations are guesses from the rest."
             )
+        complete = images_without_missing(self.masks)
+        if complete:
+            # Not an error: the velocity is zero on observed entries, so these images stay as they are.
+            rank_zero_info(f"{len(complete)} images have no missing entry; they pass through every round unchanged")
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from miri_lightning.data.checks import first_index
 from miri_lightning.errors import ConfigError, DataError
 
 __all__ = ["MaskMechanism", "MCAR", "CenterBox", "RandomBoxes", "Strokes", "MAR", "MNAR", "AnyOf"]
@@ -80,10 +81,20 @@ def _check_strength(owner: str, value: float) -> None:
 
 
 def _as_images(images: torch.Tensor) -> torch.Tensor:
+    """The images as float32 on the CPU, after checking they are what every mechanism assumes."""
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.numel() == 0:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise DataError(f"images must be a non-empty tensor shaped (N, C, H, W), got {shape}")
-    return images.detach().to(device="cpu", dtype=torch.float32)
+    if images.is_complex():
+        raise DataError(f"images must be real numbers in [0, 1], got dtype {images.dtype}")
+    images = images.detach().to(device="cpu", dtype=torch.float32)
+    # Value-driven mechanisms (MAR, MNAR) would turn NaN or inf into NaN scores and fail deep in the bias fit.
+    # min and max propagate NaN, so this one pass catches NaN too; the index search runs only on failure.
+    low, high = torch.aminmax(images)
+    if not (low >= 0 and high <= 1):
+        index = first_index(~((images >= 0) & (images <= 1)))
+        raise DataError(f"images must hold values in [0, 1], got {images[index].item():.6g} at index {index}")
+    return images
 
 
 def _generator(seed: int) -> torch.Generator:

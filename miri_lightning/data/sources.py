@@ -11,15 +11,20 @@ import zipfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 
+from miri_lightning.data.checks import check_binary, check_unit_range, first_index, shorten
 from miri_lightning.errors import ConfigError, DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+# Grayscale modes of more than 8 bits per pixel (16-bit PNGs open as I;16, older Pillow gives I).
+HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I", "I;16N")
 
 
 @dataclass
@@ -76,9 +81,25 @@ def read_image(path: Path, mode: str) -> Image.Image:
     """A decoded image in PIL `mode` (a DataError naming the file when it cannot be read)."""
     try:
         with Image.open(path) as image:
-            return image.convert(mode)  # convert() decodes the whole file, so truncated files fail here
-    except (OSError, SyntaxError, ValueError) as err:
-        raise DataError(f"cannot read image file {path}: {err}") from err
+            image.load()  # decodes the whole file, so truncated files fail here
+            return _to_8bit(image).convert(mode)
+    # PIL's decoders signal corrupt data with many exception types (struct.error, IndexError, EOFError, ...), and
+    # DecompressionBombError for absurd sizes in a header; any of them means this file cannot be used.
+    except Exception as err:
+        raise DataError(f"cannot read image file {path}: {type(err).__name__}: {err}") from err
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16- and 32-bit integer grayscale (16-bit PNGs) scaled to 8-bit L; other modes as they are.
+
+    PIL's own conversion of these modes clips at 255 instead of scaling, which turns most pixels white.
+    """
+    if image.mode not in HIGH_DEPTH_MODES:
+        return image
+    values = np.asarray(image, dtype=np.int64)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise DataError(f"image mode {image.mode} holds values outside 0..65535, expected 16-bit grayscale")
+    return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), mode="L")
 
 
 def _center_crop_resize(image: Image.Image, crop: int, size: int) -> Image.Image:
@@ -221,9 +242,10 @@ class NpzImages(ImageSource):
     """Images from a NumPy `.npz` archive.
 
     The image array is (N, H, W) or (N, H, W, C) with C = 1 or 3, either uint8 (0..255) or float in [0, 1].
-    NaN entries of a float array mark missing values: they become 0 in the images and False in the masks.
-    If the archive holds an array under `mask_key`, (N, H, W) (shared by all channels) or (N, H, W, C),
-    with values 0/1 (1 = observed), it gives the masks (combined with any NaNs).
+    NaN entries of a float array mark missing values: they become 0 in the images and False in the masks;
+    infinite values are an error. If the archive holds an array under `mask_key`, (N, H, W) (shared by all
+    channels) or (N, H, W, C), bool or 0/1 (1 = observed), it gives the masks; a NaN image entry that the
+    mask array calls observed is an error (the two disagree, e.g. masks stored in another image order).
 
     Args:
         path: Path of the `.npz` file.
@@ -242,11 +264,16 @@ class NpzImages(ImageSource):
 
     def load(self) -> ImageSet:
         arrays = self._read_arrays()
-        images, masks = self._images(arrays[self.key])
-        if self.mask_key is not None and self.mask_key in arrays:
-            file_masks = self._masks(arrays[self.mask_key], images.shape)
-            masks = file_masks if masks is None else masks & file_masks
-        return ImageSet(images=images, masks=masks)
+        array = arrays[self.key]
+        self._check_images(array)
+        if self.mask_key not in arrays:
+            return ImageSet(*self._images(array))
+        mask_array = arrays[self.mask_key]
+        self._check_masks(mask_array, array)
+        images, _ = self._images(array)
+        n, c, h, w = images.shape
+        masks = torch.from_numpy(mask_array.astype(bool)).reshape(n, h, w, -1).permute(0, 3, 1, 2)
+        return ImageSet(images=images, masks=masks.expand(n, c, h, w).contiguous())
 
     def _read_arrays(self) -> dict[str, np.ndarray]:
         try:
@@ -261,80 +288,141 @@ class NpzImages(ImageSource):
                 raise DataError(f"{self.path} has no array {self.key!r}; it holds: {found}")
             wanted = [k for k in (self.key, self.mask_key) if k in archive.files]
             try:
-                return {k: archive[k][: self.num_images] for k in wanted}
+                arrays = {k: archive[k] for k in wanted}
             except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
                 raise DataError(f"cannot read the arrays {wanted} of {self.path}: {err}") from err
+        # A 0-d array has no images to slice; the shape check reports it.
+        return {k: a[: self.num_images] if a.ndim else a for k, a in arrays.items()}
 
-    def _images(self, array: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
-        where = f"{self.path} array {self.key!r}"
+    def _where(self, key: str) -> str:
+        return f"{self.path} array {key!r}"
+
+    def _check_images(self, array: np.ndarray) -> None:
+        where = self._where(self.key)
         if array.ndim not in (3, 4) or (array.ndim == 4 and array.shape[-1] not in (1, 3)):
             raise DataError(f"{where} has shape {array.shape}, expected (N, H, W) or (N, H, W, C) with C 1 or 3")
+        if array.shape[0] == 0:
+            raise DataError(f"{where} holds no images (shape {array.shape})")
+        if 0 in array.shape[1:3]:
+            raise DataError(f"{where} has shape {array.shape}: images without pixels")
         if array.dtype == np.uint8:
-            return _uint8_to_tensor(array), None
+            return
         if not np.issubdtype(array.dtype, np.floating):
             raise DataError(f"{where} has dtype {array.dtype}, expected uint8 (0..255) or float in [0, 1]")
+        check_unit_range(array, where)
+
+    def _check_masks(self, masks: np.ndarray, images: np.ndarray) -> None:
+        n, h, w = images.shape[:3]
+        c = images.shape[3] if images.ndim == 4 else 1
+        where = self._where(self.mask_key)
+        shapes = list(dict.fromkeys([(n, h, w), (n, h, w, 1), (n, h, w, c)]))
+        if masks.shape not in shapes:
+            expected = ", ".join(map(str, shapes[:-1])) + f" or {shapes[-1]}"
+            raise DataError(
+                f"{where} has shape {masks.shape}, expected {expected} to match {self.key!r} of shape {images.shape}"
+            )
+        check_binary(masks, where)
+        if images.dtype == np.uint8:
+            return
+        # (N, H, W, C) views of both, so a mask shared by the channels broadcasts over them.
+        contradicts = np.isnan(images.reshape(n, h, w, -1)) & masks.reshape(n, h, w, -1).astype(bool)
+        if contradicts.any():
+            index = first_index(contradicts)[: images.ndim]
+            raise DataError(
+                f"{self._where(self.key)} is NaN (missing) at index {index}, where {where} says observed (1); "
+                "expected the masks to be 0 wherever the images are NaN"
+            )
+
+    def _images(self, array: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Checked array -> float32 (N, C, H, W) images with NaN set to 0, and the masks of the NaNs (None if none)."""
+        if array.dtype == np.uint8:
+            return _uint8_to_tensor(array), None
         images = torch.from_numpy(array.astype(np.float32)).reshape(*array.shape[:3], -1).permute(0, 3, 1, 2)
         observed = ~images.isnan()
-        values = images[observed]
-        if values.numel() and (values.min() < 0 or values.max() > 1):
-            raise DataError(
-                f"{where} has float values in [{values.min():.4g}, {values.max():.4g}], expected [0, 1] (NaN = missing)"
-            )
         if observed.all():
             return images.contiguous(), None
         return images.nan_to_num(0.0).contiguous(), observed.contiguous()
 
-    def _masks(self, array: np.ndarray, image_shape: torch.Size) -> torch.Tensor:
-        n, c, h, w = image_shape
-        where = f"{self.path} array {self.mask_key!r}"
-        if array.shape not in ((n, h, w), (n, h, w, 1), (n, h, w, c)):
-            raise DataError(
-                f"{where} has shape {array.shape}, expected {(n, h, w)}, {(n, h, w, 1)} or {(n, h, w, c)} "
-                "to match the images"
-            )
-        if not np.isin(array, (0, 1)).all():
-            raise DataError(f"{where} must hold only 0/1 (1 = observed)")
-        masks = torch.from_numpy(array.astype(bool)).reshape(n, h, w, -1).permute(0, 3, 1, 2)
-        return masks.expand(n, c, h, w).contiguous()
-
 
 class ImageFolder(ImageSource):
     """All PNG/JPEG/BMP/WEBP images in one folder (not recursive), in file name order.
+
+    Every image is converted to `channels` (grayscale ones repeated to RGB, alpha dropped, 16-bit grayscale
+    scaled to 8 bits), so mixed modes are fine; mixed sizes need `image_size`.
 
     Args:
         path: The folder.
         image_size: If given, center crop every image to a square and resize it to this size (bicubic, antialiased).
             If None, all images must already have the same size.
         channels: 3 converts to RGB, 1 to grayscale.
-        num_images: Use only the first `num_images` files (>= 1); None uses all.
+        num_images: Use only the first `num_images` readable images (>= 1); None uses all.
+        on_bad_file: What to do with a file that cannot be decoded (corrupt or truncated): `fail` stops with an
+            error naming it; `skip` leaves it out and warns once with the count and the first names.
     """
 
     def __init__(
-        self, path: str | Path, image_size: int | None = None, channels: int = 3, num_images: int | None = None
+        self,
+        path: str | Path,
+        image_size: int | None = None,
+        channels: int = 3,
+        num_images: int | None = None,
+        on_bad_file: Literal["fail", "skip"] = "fail",
     ) -> None:
         if channels not in (1, 3):
             raise ConfigError(f"ImageFolder channels must be 1 or 3, got {channels}")
         if image_size is not None and image_size < 1:
             raise ConfigError(f"ImageFolder image_size must be None or >= 1, got {image_size}")
+        if on_bad_file not in ("fail", "skip"):
+            raise ConfigError(f"ImageFolder on_bad_file must be 'fail' or 'skip', got {on_bad_file!r}")
         self.path = Path(path)
         self.image_size = image_size
         self.channels = channels
         self.num_images = _check_num_images(num_images)
+        self.on_bad_file = on_bad_file
 
     def load(self) -> ImageSet:
-        mode = "RGB" if self.channels == 3 else "L"
-        files = image_files(self.path)[: self.num_images]
-        images = [read_image(f, mode) for f in files]
+        files, images = self._read_files(image_files(self.path))
         if self.image_size is not None:
             images = [_center_crop_resize(im, min(im.size), self.image_size) for im in images]
         else:
-            for file, image in zip(files, images):
-                if image.size != images[0].size:
-                    raise DataError(
-                        f"image {file} is {image.width}x{image.height} but {files[0].name} is "
-                        f"{images[0].width}x{images[0].height}; set image_size to resize them all"
-                    )
+            _check_same_size(self.path, files, images)
         return ImageSet(images=stack_images(images))
+
+    def _read_files(self, files: list[Path]) -> tuple[list[Path], list[Image.Image]]:
+        """The first `num_images` readable files and their images, skipping bad files when asked to."""
+        mode = "RGB" if self.channels == 3 else "L"
+        read, images, bad = [], [], []
+        for file in files:
+            if len(images) == self.num_images:
+                break
+            try:
+                images.append(read_image(file, mode))
+                read.append(file)
+            except DataError:
+                if self.on_bad_file == "fail":
+                    raise
+                bad.append(file.name)
+        if bad:
+            rank_zero_warn(f"ImageFolder {self.path}: skipped {len(bad)} unreadable image files: {shorten(bad)}")
+        if not images:
+            raise DataError(f"image folder {self.path} holds no readable images: all {len(bad)} image files are bad")
+        return read, images
+
+
+def _check_same_size(folder: Path, files: list[Path], images: list[Image.Image]) -> None:
+    """A DataError listing the sizes found, with example files, when the images differ in size."""
+    by_size: dict[tuple[int, int], list[str]] = {}
+    for file, image in zip(files, images):
+        by_size.setdefault(image.size, []).append(file.name)
+    if len(by_size) == 1:
+        return
+    groups = sorted(by_size.items(), key=lambda item: -len(item[1]))
+    listing = "; ".join(f"{w}x{h}: {len(names)} (e.g. {', '.join(names[:3])})" for (w, h), names in groups[:5])
+    listing += f"; and {len(groups) - 5} more sizes" if len(groups) > 5 else ""
+    raise DataError(
+        f"images in {folder} differ in size (width x height: count) - {listing}; set image_size to center-crop "
+        "and resize them all to one square size"
+    )
 
 
 class _TorchvisionSplit(ImageSource):
