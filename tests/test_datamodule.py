@@ -1,11 +1,14 @@
 """The incomplete collection: initial fill, batches, shared state across workers, checkpoint state."""
 
+import logging
+
+import numpy as np
 import pytest
 import torch
 
 from miri_lightning.data.datamodule import MaskedImageDataModule
 from miri_lightning.data.masks import MCAR, CenterBox
-from miri_lightning.data.sources import Shapes
+from miri_lightning.data.sources import ImageSet, ImageSource, NpzImages, Shapes
 from miri_lightning.errors import ConfigError, DataError
 
 
@@ -152,3 +155,43 @@ def test_auto_state_maps_to_disk_only_when_memory_is_short(monkeypatch):
     monkeypatch.setattr(storage, "physical_memory_bytes", lambda: 10**7)
     assert storage.choose_mode("auto", 10**6, 2) == "memmap"
     assert storage.choose_mode("memory", 10**6, 2) == "memory"
+
+
+def _npz_source(tmp_path, images, masks):
+    np.savez(tmp_path / "d.npz", images=images, masks=masks)
+    return NpzImages(tmp_path / "d.npz")
+
+
+def test_images_without_an_observed_entry_are_refused(tmp_path):
+    masks = np.ones((12, 8, 8), np.uint8)
+    masks[[3, 7]] = 0
+    source = _npz_source(tmp_path, np.zeros((12, 8, 8), np.uint8), masks)
+    with pytest.raises(DataError, match=r"2 images have no observed entry.*images 3, 7"):
+        make_dm(source=source, mask=None)
+    # The source's masks and data.mask together: a centre box over the whole image hides everything.
+    with pytest.raises(DataError, match=r"24 images have no observed entry.*images 0, 1, .*, 9 and 14 more"):
+        make_dm(mask=CenterBox(size=1.0))
+
+
+def test_images_without_a_missing_entry_pass_through_unchanged(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    images = rng.random((12, 8, 8)).astype(np.float32)
+    masks = rng.random((12, 8, 8)) < 0.5
+    masks[[0, 5]] = True
+    caplog.set_level(logging.INFO)
+    dm = make_dm(source=_npz_source(tmp_path, images, masks), mask=None, init_fill="interpolation")
+    assert "2 images have no missing entry" in caplog.text
+    expected = torch.from_numpy(images[[0, 5]])[:, None]
+    assert torch.equal(dm.imputations[[0, 5]], expected)
+    assert not torch.equal(dm.imputations[1], torch.from_numpy(images[1])[None])
+
+
+def test_an_empty_source_is_named(tmp_path):
+    class Empty(ImageSource):
+        def load(self):
+            return ImageSet(images=torch.zeros(0, 1, 8, 8))
+
+    with pytest.raises(DataError, match=r"data.source Empty gave no images \(shape \(0, 1, 8, 8\)\)"):
+        make_dm(source=Empty())
+    with pytest.raises(ConfigError, match="num_images"):
+        Shapes(num_images=0)

@@ -21,6 +21,7 @@ from miri_lightning.data.sources import (
     ImageSource,
     NpzImages,
     Shapes,
+    read_image,
 )
 from miri_lightning.errors import ConfigError, DataError
 
@@ -110,18 +111,26 @@ def test_npz_nan_means_missing(tmp_path):
     assert data.images[0, 0, 1, 2] == 0 and not data.images.isnan().any()
 
 
-def test_npz_mask_array_broadcasts_over_channels_and_combines_with_nan(tmp_path):
+def test_npz_mask_array_broadcasts_over_channels_and_agrees_with_nan(tmp_path):
     images = np.full((2, 3, 3, 3), 0.25)
-    images[1, 0, 0, 2] = np.nan
+    images[1, 0, 0, :] = np.nan
     masks = np.ones((2, 3, 3), dtype=np.uint8)
-    masks[0, 2, 1] = 0
+    masks[0, 2, 1] = masks[1, 0, 0] = 0
     np.savez(tmp_path / "d.npz", images=images, masks=masks)
-    got = NpzImages(tmp_path / "d.npz").load().masks
-    assert got.shape == (2, 3, 3, 3)
-    assert not got[0, :, 2, 1].any()
-    assert not got[1, 2, 0, 0] and got[1, :2, 0, 0].all()
-    assert got.sum() == got.numel() - 3 - 1
+    got = NpzImages(tmp_path / "d.npz").load()
+    assert got.masks.shape == (2, 3, 3, 3)
+    assert not got.masks[0, :, 2, 1].any() and not got.masks[1, :, 0, 0].any()
+    assert got.masks.sum() == got.masks.numel() - 6
+    assert not got.images.isnan().any()
     assert NpzImages(tmp_path / "d.npz", mask_key=None).load().masks[0].all()
+
+
+def test_npz_nan_that_the_masks_call_observed_is_an_error(tmp_path):
+    images = np.full((2, 3, 3, 3), 0.25)
+    images[1, 0, 2, 1] = np.nan
+    np.savez(tmp_path / "d.npz", images=images, masks=np.ones((2, 3, 3), np.uint8))
+    with pytest.raises(DataError, match=r"d\.npz array 'images' is NaN .* index \(1, 0, 2, 1\).* 'masks' says observed"):
+        NpzImages(tmp_path / "d.npz").load()
 
 
 def test_npz_mask_array_per_channel(tmp_path):
@@ -141,8 +150,23 @@ def test_npz_mask_array_per_channel(tmp_path):
         ({"images": np.zeros((2, 4))}, r"d\.npz.*'images'.*shape \(2, 4\)"),
         ({"images": np.zeros((2, 4, 4, 4))}, r"d\.npz.*'images'.*C 1 or 3"),
         ({"images": np.zeros((2, 4, 4), np.int64)}, r"d\.npz.*'images'.*dtype int64"),
-        ({"images": np.zeros((2, 4, 4)), "masks": np.full((2, 4, 4), 2)}, r"d\.npz.*'masks'.*0/1"),
-        ({"images": np.zeros((2, 4, 4)), "masks": np.ones((2, 4, 5))}, r"d\.npz.*'masks'.*shape"),
+        ({"images": np.zeros((2, 4, 4)), "masks": np.full((2, 4, 4), 2)}, r"d\.npz.*'masks'.*0/1.*holds 2, the first at"),
+        ({"images": np.zeros((2, 4, 4)), "masks": np.ones((2, 4, 5))},
+         r"d\.npz array 'masks' has shape \(2, 4, 5\), expected \(2, 4, 4\) or \(2, 4, 4, 1\)"),
+        ({"images": np.zeros((2, 4, 4, 3)), "masks": np.ones((3, 4, 4))},
+         r"'masks' has shape \(3, 4, 4\), expected \(2, 4, 4\), \(2, 4, 4, 1\) or \(2, 4, 4, 3\)"),
+        ({"images": np.zeros((2, 4, 4)), "masks": np.array([0, 1, 0.5, -1] * 8).reshape(2, 4, 4)},
+         r"'masks' must hold only 0/1.*holds -1.0, 0.5, the first at index \(0, 0, 2\)"),
+        ({"images": np.zeros((2, 4, 4)), "masks": np.full((2, 4, 4), "1")}, r"'masks' has dtype <U1, expected bool"),
+        ({"images": np.zeros((2, 4, 4)), "masks": np.zeros((2, 4, 4), complex)}, r"'masks' has dtype complex128"),
+        ({"images": np.array([[[0.5, np.inf]]])}, r"'images' holds the value inf at index \(0, 0, 1\)"),
+        ({"images": np.array([[[np.nan, -np.inf]]], np.float16)}, r"'images' holds the value -inf at index \(0, 0, 1\)"),
+        ({"images": np.array([[[0.5], [1e300]]])}, r"'images' holds the value 1e\+300 at index \(0, 1, 0\)"),
+        ({"images": np.zeros((0, 4, 4), np.uint8)}, r"d\.npz array 'images' holds no images \(shape \(0, 4, 4\)\)"),
+        ({"images": np.zeros((3, 0, 4, 3))}, r"'images' has shape \(3, 0, 4, 3\): images without pixels"),
+        ({"images": np.array(0.5)}, r"'images' has shape \(\), expected \(N, H, W\)"),
+        ({"images": np.zeros((2, 4, 4), bool)}, r"'images' has dtype bool"),
+        ({"images": np.array([[["a", None]]], object)}, r"cannot read the arrays \['images'\] of .*d\.npz"),
     ],
 )
 def test_npz_bad_content(tmp_path, arrays, match):
@@ -195,12 +219,60 @@ def test_image_folder_png_and_jpeg_in_name_order(tmp_path):
     assert ImageFolder(tmp_path, num_images=2).load().images.shape == (2, 3, 6, 8)
 
 
-def test_image_folder_mixed_sizes_name_the_file(tmp_path):
-    _save(tmp_path / "a.png", np.zeros((6, 8, 3), np.uint8))
-    _save(tmp_path / "b.png", np.zeros((6, 8, 3), np.uint8))
-    _save(tmp_path / "c.png", np.zeros((7, 8, 3), np.uint8))
-    with pytest.raises(DataError, match=r"c\.png is 8x7 but a\.png is 8x6"):
+def test_image_folder_mixed_sizes_list_sizes_and_files(tmp_path):
+    for name, shape in [("a.png", (6, 8, 3)), ("b.png", (6, 8, 3)), ("c.png", (7, 8, 3)), ("d.png", (6, 8))]:
+        _save(tmp_path / name, np.zeros(shape, np.uint8))
+    with pytest.raises(DataError, match=r"differ in size .* 8x6: 3 \(e\.g\. a\.png, b\.png, d\.png\); "
+                                        r"8x7: 1 \(e\.g\. c\.png\); set image_size to center-crop and resize"):
         ImageFolder(tmp_path).load()
+    assert ImageFolder(tmp_path, image_size=5).load().images.shape == (4, 3, 5, 5)
+
+
+def test_image_folder_converts_mixed_modes_and_scales_16_bit(tmp_path):
+    Image.fromarray(np.full((4, 4), 65535, np.uint16)).save(tmp_path / "a_16bit.png")
+    Image.fromarray(np.full((4, 4), 32896, np.uint16)).save(tmp_path / "b_16bit.png")  # 128 * 257: mid-gray
+    Image.fromarray(np.full((4, 4, 4), 255, np.uint8)).save(tmp_path / "c_rgba.png")
+    Image.new("P", (4, 4), 0).save(tmp_path / "d_palette.png")
+    Image.new("1", (4, 4), 1).save(tmp_path / "e_bilevel.png")
+    for channels in (1, 3):
+        images = ImageFolder(tmp_path, channels=channels).load().images
+        assert images.shape == (5, channels, 4, 4)
+        # 16-bit values are scaled to 8 bits, not clipped at 255 (which would make b white).
+        torch.testing.assert_close(images[:, 0, 0, 0], torch.tensor([1, 128 / 255, 1, 0, 1]))
+
+
+def _truncated(tmp_path: Path, name: str) -> str:
+    """Write a real image under `name`, then cut off the second half of its bytes."""
+    _save(tmp_path / name, np.random.default_rng(0).integers(0, 256, (32, 32, 3), np.uint8))
+    data = (tmp_path / name).read_bytes()
+    (tmp_path / name).write_bytes(data[: len(data) // 2])
+    return name
+
+
+def test_image_folder_bad_files_fail_or_skip(tmp_path):
+    for i in range(5):
+        _save(tmp_path / f"good{i}.png", np.full((4, 4, 3), 10 * i, np.uint8))
+    bad = [_truncated(tmp_path, "cut.png"), _truncated(tmp_path, "cut.jpg"), "noise.png", "empty.jpg"]
+    (tmp_path / "noise.png").write_bytes(np.random.default_rng(1).bytes(300))
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    for name in bad:
+        with pytest.raises(DataError, match=rf"cannot read image file .*{name}"):
+            read_image(tmp_path / name, "RGB")
+    with pytest.raises(DataError, match=r"cannot read image file .*cut\.jpg"):  # the first bad file in name order
+        ImageFolder(tmp_path).load()
+    with pytest.warns(UserWarning, match=r"skipped 4 unreadable image files: cut\.jpg, cut\.png, empty\.jpg, "
+                                         r"noise\.png") as record:
+        data = ImageFolder(tmp_path, image_size=4, on_bad_file="skip").load()
+    assert len(record) == 1 and data.images.shape == (5, 3, 4, 4)
+    torch.testing.assert_close(data.images[:, 0, 0, 0], torch.arange(5) * 10 / 255)
+    with pytest.warns(UserWarning, match="skipped 3"):  # num_images counts readable images
+        assert len(ImageFolder(tmp_path, num_images=2, on_bad_file="skip").load().images) == 2
+
+
+def test_image_folder_with_only_bad_files(tmp_path):
+    _truncated(tmp_path, "cut.png")
+    with pytest.warns(UserWarning, match="skipped 1"), pytest.raises(DataError, match="no readable images"):
+        ImageFolder(tmp_path, on_bad_file="skip").load()
 
 
 def test_image_folder_center_crops_and_resizes(tmp_path):
@@ -237,6 +309,8 @@ def test_image_folder_errors(tmp_path):
         ImageFolder(tmp_path).load()
     with pytest.raises(ConfigError, match="channels"):
         ImageFolder(tmp_path, channels=4)
+    with pytest.raises(ConfigError, match="on_bad_file"):
+        ImageFolder(tmp_path, on_bad_file="ignore")
 
 
 # ---------------------------------------------------------------------------------------------------- CIFAR10

@@ -1,8 +1,9 @@
-"""The velocity U-Net: shapes, the (1 - m) output factor, config errors."""
+"""The velocity U-Net: shapes, the (1 - m) output factor, config errors (also through train.py)."""
 
 import pytest
 import torch
 
+from conftest import run_cli
 from miri_lightning.errors import ConfigError
 from miri_lightning.models.unet import UNetConfig, VelocityUNet
 
@@ -55,3 +56,12 @@ def test_bad_configs_name_the_key():
         VelocityUNet(3, 32, UNetConfig(attention_resolutions=(5,)))
     with pytest.raises(ConfigError, match="groups"):
         VelocityUNet(3, 32, UNetConfig(width=12, groups=8))
+
+
+def test_train_py_stops_before_training_on_an_image_size_the_depth_cannot_halve(tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        run_cli(tmp_path, "--data.source.init_args.image_size", "12", "--model.net.channel_mults", "[1, 2, 2, 2]")
+    message = str(stop.value.code)
+    assert message.startswith("error: model.net.channel_mults") and "\n" not in message
+    assert "divisible by 8; got 12" in message
+    assert not (tmp_path / "checkpoints").exists()  # no training step ran, so nothing was saved
