@@ -92,6 +92,20 @@ def test_rejects_images_that_are_not_4d():
         MCAR()(torch.rand(3, 32, 32))
 
 
+@pytest.mark.parametrize("name", sorted(ALL_MECHANISMS))
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -0.5, 2.0])
+def test_rejects_values_outside_the_unit_range(name, value):
+    images = torch.rand(2, 1, 8, 8)
+    images[1, 0, 3, 4] = value
+    with pytest.raises(DataError, match=r"\[0, 1\], got .* at index \(1, 0, 3, 4\)"):
+        ALL_MECHANISMS[name](0)(images)
+
+
+def test_rejects_complex_images():
+    with pytest.raises(DataError, match="complex"):
+        MNAR()(torch.rand(2, 1, 8, 8, dtype=torch.complex64))
+
+
 # ----------------------------------------------------------------------------- rates
 
 

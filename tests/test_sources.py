@@ -155,6 +155,8 @@ def test_npz_mask_array_per_channel(tmp_path):
          r"d\.npz array 'masks' has shape \(2, 4, 5\), expected \(2, 4, 4\) or \(2, 4, 4, 1\)"),
         ({"images": np.zeros((2, 4, 4, 3)), "masks": np.ones((3, 4, 4))},
          r"'masks' has shape \(3, 4, 4\), expected \(2, 4, 4\), \(2, 4, 4, 1\) or \(2, 4, 4, 3\)"),
+        ({"images": np.zeros((5, 4, 4)), "masks": np.ones((2, 4, 4))},  # checked whatever num_images is
+         r"'masks' has shape \(2, 4, 4\), expected \(5, 4, 4\)"),
         ({"images": np.zeros((2, 4, 4)), "masks": np.array([0, 1, 0.5, -1] * 8).reshape(2, 4, 4)},
          r"'masks' must hold only 0/1.*holds -1.0, 0.5, the first at index \(0, 0, 2\)"),
         ({"images": np.zeros((2, 4, 4)), "masks": np.full((2, 4, 4), "1")}, r"'masks' has dtype <U1, expected bool"),
@@ -172,7 +174,7 @@ def test_npz_mask_array_per_channel(tmp_path):
 def test_npz_bad_content(tmp_path, arrays, match):
     np.savez(tmp_path / "d.npz", **arrays)
     with pytest.raises(DataError, match=match):
-        NpzImages(tmp_path / "d.npz").load()
+        NpzImages(tmp_path / "d.npz", num_images=1).load()
 
 
 def test_npz_unreadable_or_missing_file(tmp_path):

@@ -264,6 +264,10 @@ class NpzImages(ImageSource):
 
     def load(self) -> ImageSet:
         arrays = self._read_arrays()
+        self._check_shapes(arrays)
+        # Shapes are checked on the whole file (a mask array for other images is wrong whatever num_images is),
+        # values only on the images used.
+        arrays = {k: a[: self.num_images] for k, a in arrays.items()}
         array = arrays[self.key]
         self._check_images(array)
         if self.mask_key not in arrays:
@@ -288,23 +292,35 @@ class NpzImages(ImageSource):
                 raise DataError(f"{self.path} has no array {self.key!r}; it holds: {found}")
             wanted = [k for k in (self.key, self.mask_key) if k in archive.files]
             try:
-                arrays = {k: archive[k] for k in wanted}
+                return {k: archive[k] for k in wanted}
             except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
                 raise DataError(f"cannot read the arrays {wanted} of {self.path}: {err}") from err
-        # A 0-d array has no images to slice; the shape check reports it.
-        return {k: a[: self.num_images] if a.ndim else a for k, a in arrays.items()}
 
     def _where(self, key: str) -> str:
         return f"{self.path} array {key!r}"
 
+    def _check_shapes(self, arrays: dict[str, np.ndarray]) -> None:
+        images, where = arrays[self.key], self._where(self.key)
+        if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3)):
+            raise DataError(f"{where} has shape {images.shape}, expected (N, H, W) or (N, H, W, C) with C 1 or 3")
+        if images.shape[0] == 0:
+            raise DataError(f"{where} holds no images (shape {images.shape})")
+        if 0 in images.shape[1:3]:
+            raise DataError(f"{where} has shape {images.shape}: images without pixels")
+        if self.mask_key not in arrays:
+            return
+        n, h, w, c = images.shape if images.ndim == 4 else (*images.shape, 1)
+        shapes = list(dict.fromkeys([(n, h, w), (n, h, w, 1), (n, h, w, c)]))
+        masks = arrays[self.mask_key]
+        if masks.shape not in shapes:
+            expected = ", ".join(map(str, shapes[:-1])) + f" or {shapes[-1]}"
+            raise DataError(
+                f"{self._where(self.mask_key)} has shape {masks.shape}, expected {expected} to match "
+                f"{self.key!r} of shape {images.shape}"
+            )
+
     def _check_images(self, array: np.ndarray) -> None:
         where = self._where(self.key)
-        if array.ndim not in (3, 4) or (array.ndim == 4 and array.shape[-1] not in (1, 3)):
-            raise DataError(f"{where} has shape {array.shape}, expected (N, H, W) or (N, H, W, C) with C 1 or 3")
-        if array.shape[0] == 0:
-            raise DataError(f"{where} holds no images (shape {array.shape})")
-        if 0 in array.shape[1:3]:
-            raise DataError(f"{where} has shape {array.shape}: images without pixels")
         if array.dtype == np.uint8:
             return
         if not np.issubdtype(array.dtype, np.floating):
@@ -312,19 +328,12 @@ class NpzImages(ImageSource):
         check_unit_range(array, where)
 
     def _check_masks(self, masks: np.ndarray, images: np.ndarray) -> None:
-        n, h, w = images.shape[:3]
-        c = images.shape[3] if images.ndim == 4 else 1
         where = self._where(self.mask_key)
-        shapes = list(dict.fromkeys([(n, h, w), (n, h, w, 1), (n, h, w, c)]))
-        if masks.shape not in shapes:
-            expected = ", ".join(map(str, shapes[:-1])) + f" or {shapes[-1]}"
-            raise DataError(
-                f"{where} has shape {masks.shape}, expected {expected} to match {self.key!r} of shape {images.shape}"
-            )
         check_binary(masks, where)
         if images.dtype == np.uint8:
             return
         # (N, H, W, C) views of both, so a mask shared by the channels broadcasts over them.
+        n, h, w = images.shape[:3]
         contradicts = np.isnan(images.reshape(n, h, w, -1)) & masks.reshape(n, h, w, -1).astype(bool)
         if contradicts.any():
             index = first_index(contradicts)[: images.ndim]
