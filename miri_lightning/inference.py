@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .baselines import initial_fill
+from .data.checks import images_without_observed
 from .errors import DataError
 from .flow import SolverConfig, solve
 from .io import atomic_path
@@ -120,7 +121,7 @@ class MIRIImputer:
         if not ((masks == 0) | (masks == 1)).all():
             raise DataError("masks must hold only 0 (missing) and 1 (observed)")
         masks = masks.bool().expand(n, c, h, w)
-        empty = (~masks.flatten(1).any(1)).nonzero().flatten().tolist()
+        empty = images_without_observed(masks)
         if empty:
             raise DataError(f"images {empty[:10]} have no observed pixel: there is nothing to condition on")
         observed = images[masks]
