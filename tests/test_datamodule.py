@@ -166,10 +166,10 @@ def test_images_without_an_observed_entry_are_refused(tmp_path):
     masks = np.ones((12, 8, 8), np.uint8)
     masks[[3, 7]] = 0
     source = _npz_source(tmp_path, np.zeros((12, 8, 8), np.uint8), masks)
-    with pytest.raises(DataError, match=r"2 images have no observed entry.*images 3, 7"):
+    with pytest.raises(DataError, match=r"no observed entry in 2 of 12 images.*images 3, 7 \("):
         make_dm(source=source, mask=None)
     # The source's masks and data.mask together: a centre box over the whole image hides everything.
-    with pytest.raises(DataError, match=r"24 images have no observed entry.*images 0, 1, .*, 9 and 14 more"):
+    with pytest.raises(DataError, match=r"no observed entry in 24 of 24 images.*images 0, 1, .*, 9 and 14 more"):
         make_dm(mask=CenterBox(size=1.0))
 
 
@@ -180,7 +180,7 @@ def test_images_without_a_missing_entry_pass_through_unchanged(tmp_path, caplog)
     masks[[0, 5]] = True
     caplog.set_level(logging.INFO)
     dm = make_dm(source=_npz_source(tmp_path, images, masks), mask=None, init_fill="interpolation")
-    assert "2 images have no missing entry" in caplog.text
+    assert "no missing entry in 2 of 12 images" in caplog.text
     expected = torch.from_numpy(images[[0, 5]])[:, None]
     assert torch.equal(dm.imputations[[0, 5]], expected)
     assert not torch.equal(dm.imputations[1], torch.from_numpy(images[1])[None])
@@ -193,5 +193,5 @@ def test_an_empty_source_is_named(tmp_path):
 
     with pytest.raises(DataError, match=r"data.source Empty gave no images \(shape \(0, 1, 8, 8\)\)"):
         make_dm(source=Empty())
-    with pytest.raises(ConfigError, match="num_images"):
+    with pytest.raises(ConfigError, match="Shapes num_images must be None .* or >= 1, got 0"):
         Shapes(num_images=0)

@@ -151,9 +151,9 @@ class MaskedImageDataModule(LightningDataModule):
         blind = images_without_observed(self.masks)
         if blind:
             raise DataError(
-                f"{len(blind)} images have no observed entry, so there is nothing to condition their imputation "
-                f"on: images {shorten(blind)} (after the source's masks and data.mask); remove them from the "
-                "data or hide fewer entries"
+                f"no observed entry in {len(blind)} of {len(images)} images, so there is nothing to condition their "
+                f"imputation on: images {shorten(blind)} (after the source's masks and data.mask); remove them from "
+                "the data or hide fewer entries"
             )
         if len(self.masks) < self.batch_size:
             raise ConfigError(
@@ -168,7 +168,9 @@ class MaskedImageDataModule(LightningDataModule):
         complete = images_without_missing(self.masks)
         if complete:
             # Not an error: the velocity is zero on observed entries, so these images stay as they are.
-            rank_zero_info(f"{len(complete)} images have no missing entry; they pass through every round unchanged")
+            rank_zero_info(
+                f"no missing entry in {len(complete)} of {len(images)} images: they pass through every round unchanged"
+            )
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

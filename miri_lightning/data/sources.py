@@ -50,9 +50,9 @@ class ImageSource(ABC):
     def load(self) -> ImageSet: ...
 
 
-def _check_num_images(num_images: int | None) -> int | None:
+def _check_num_images(source: ImageSource, num_images: int | None) -> int | None:
     if num_images is not None and num_images < 1:
-        raise ConfigError(f"num_images must be None (all images) or >= 1, got {num_images}")
+        raise ConfigError(f"{type(source).__name__} num_images must be None (all images) or >= 1, got {num_images}")
     return num_images
 
 
@@ -138,7 +138,7 @@ class Shapes(ImageSource):
     def __init__(self, num_images: int | None = 2000, image_size: int = 32, seed: int = 0) -> None:
         if image_size < 8:
             raise ConfigError(f"Shapes image_size must be >= 8, got {image_size}")
-        self.num_images = _check_num_images(num_images) or 2000
+        self.num_images = _check_num_images(self, num_images) or 2000
         self.image_size = image_size
         self.seed = seed
 
@@ -260,7 +260,7 @@ class NpzImages(ImageSource):
         self.path = Path(path)
         self.key = key
         self.mask_key = mask_key
-        self.num_images = _check_num_images(num_images)
+        self.num_images = _check_num_images(self, num_images)
 
     def load(self) -> ImageSet:
         arrays = self._read_arrays()
@@ -386,7 +386,7 @@ class ImageFolder(ImageSource):
         self.path = Path(path)
         self.image_size = image_size
         self.channels = channels
-        self.num_images = _check_num_images(num_images)
+        self.num_images = _check_num_images(self, num_images)
         self.on_bad_file = on_bad_file
 
     def load(self) -> ImageSet:
@@ -450,7 +450,7 @@ class _TorchvisionSplit(ImageSource):
         self.root = Path(root)
         self.train = train
         self.download = download
-        self.num_images = _check_num_images(num_images)
+        self.num_images = _check_num_images(self, num_images)
 
     def prepare(self) -> None:
         if self.download:
@@ -531,7 +531,7 @@ class CelebA(ImageSource):
         self.split = split
         self.download = download
         self.folder = None if folder is None else Path(folder)
-        self.num_images = _check_num_images(num_images)
+        self.num_images = _check_num_images(self, num_images)
         self.image_size = image_size
 
     def prepare(self) -> None:
