@@ -43,8 +43,9 @@ def _image_shape(rng: np.random.Generator) -> tuple[int, ...]:
 def _values(rng: np.random.Generator, shape: tuple[int, ...], p: list[float] = IMAGE_KINDS) -> np.ndarray:
     """Values in [0, 1], 0/1, 0..255 or anything (odds `p`), sometimes with NaN, inf or out-of-range ones."""
     kind = rng.choice(4, p=p)
-    values = [rng.random(shape), rng.integers(0, 2, shape), rng.integers(0, 256, shape), rng.normal(0, 100, shape)][kind]
-    values = values.astype(np.float64)
+    draws = [rng.random, lambda s: rng.integers(0, 2, s), lambda s: rng.integers(0, 256, s),
+             lambda s: rng.normal(0, 100, s)]
+    values = draws[kind](shape).astype(np.float64)
     if values.size and rng.random() < 0.25:
         values.flat[rng.integers(0, values.size, rng.integers(1, 4))] = rng.choice(SPECIAL)
     return values

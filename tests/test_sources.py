@@ -129,7 +129,8 @@ def test_npz_nan_that_the_masks_call_observed_is_an_error(tmp_path):
     images = np.full((2, 3, 3, 3), 0.25)
     images[1, 0, 2, 1] = np.nan
     np.savez(tmp_path / "d.npz", images=images, masks=np.ones((2, 3, 3), np.uint8))
-    with pytest.raises(DataError, match=r"d\.npz array 'images' is NaN .* index \(1, 0, 2, 1\).* 'masks' says observed"):
+    match = r"d\.npz array 'images' is NaN .* index \(1, 0, 2, 1\).* 'masks' says observed"
+    with pytest.raises(DataError, match=match):
         NpzImages(tmp_path / "d.npz").load()
 
 
@@ -150,7 +151,8 @@ def test_npz_mask_array_per_channel(tmp_path):
         ({"images": np.zeros((2, 4))}, r"d\.npz.*'images'.*shape \(2, 4\)"),
         ({"images": np.zeros((2, 4, 4, 4))}, r"d\.npz.*'images'.*C 1 or 3"),
         ({"images": np.zeros((2, 4, 4), np.int64)}, r"d\.npz.*'images'.*dtype int64"),
-        ({"images": np.zeros((2, 4, 4)), "masks": np.full((2, 4, 4), 2)}, r"d\.npz.*'masks'.*0/1.*holds 2, the first at"),
+        ({"images": np.zeros((2, 4, 4)), "masks": np.full((2, 4, 4), 2)},
+         r"d\.npz.*'masks'.*0/1.*holds 2, the first at"),
         ({"images": np.zeros((2, 4, 4)), "masks": np.ones((2, 4, 5))},
          r"d\.npz array 'masks' has shape \(2, 4, 5\), expected \(2, 4, 4\) or \(2, 4, 4, 1\)"),
         ({"images": np.zeros((2, 4, 4, 3)), "masks": np.ones((3, 4, 4))},
@@ -162,7 +164,8 @@ def test_npz_mask_array_per_channel(tmp_path):
         ({"images": np.zeros((2, 4, 4)), "masks": np.full((2, 4, 4), "1")}, r"'masks' has dtype <U1, expected bool"),
         ({"images": np.zeros((2, 4, 4)), "masks": np.zeros((2, 4, 4), complex)}, r"'masks' has dtype complex128"),
         ({"images": np.array([[[0.5, np.inf]]])}, r"'images' holds the value inf at index \(0, 0, 1\)"),
-        ({"images": np.array([[[np.nan, -np.inf]]], np.float16)}, r"'images' holds the value -inf at index \(0, 0, 1\)"),
+        ({"images": np.array([[[np.nan, -np.inf]]], np.float16)},
+         r"'images' holds the value -inf at index \(0, 0, 1\)"),
         ({"images": np.array([[[0.5], [1e300]]])}, r"'images' holds the value 1e\+300 at index \(0, 1, 0\)"),
         ({"images": np.zeros((0, 4, 4), np.uint8)}, r"d\.npz array 'images' holds no images \(shape \(0, 4, 4\)\)"),
         ({"images": np.zeros((3, 0, 4, 3))}, r"'images' has shape \(3, 0, 4, 3\): images without pixels"),

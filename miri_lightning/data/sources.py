@@ -99,7 +99,7 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     values = np.asarray(image, dtype=np.int64)
     if values.size and (values.min() < 0 or values.max() > 65535):
         raise DataError(f"image mode {image.mode} holds values outside 0..65535, expected 16-bit grayscale")
-    return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), mode="L")
+    return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8))  # 2-D uint8 gives mode L
 
 
 def _center_crop_resize(image: Image.Image, crop: int, size: int) -> Image.Image:
