@@ -1,5 +1,6 @@
 """Test-only callbacks of the fault tests, loaded through `--trainer.callbacks+=...` (tests/ on the import path)."""
 
+import json
 import os
 import signal
 
@@ -75,3 +76,38 @@ class NaNVelocity(Callback):
     def on_train_epoch_start(self, trainer, pl_module):
         if trainer.current_epoch == self.epoch:
             pl_module.ema.module.forward = lambda a, b, m, tau: torch.full_like(a, float("nan"))
+
+
+class NaNLossAt(Callback):
+    """The trained network returns NaN for batch `batch` of epoch `epoch` only.
+
+    Writes `skipped.json` in the run folder: whether that step left the
+    network, its EMA and the optimiser state exactly as they were.
+    """
+
+    def __init__(self, epoch: int, batch: int):
+        self.epoch, self.batch, self.before = epoch, batch, None
+
+    @staticmethod
+    def snapshot(trainer, pl_module) -> list[torch.Tensor]:
+        state = [*pl_module.velocity.state_dict().values(), *pl_module.ema.state_dict().values()]
+        for param_state in trainer.optimizers[0].state.values():
+            state += [v for v in param_state.values() if isinstance(v, torch.Tensor)]
+        return [t.detach().clone() for t in state]
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch != self.epoch:
+            return
+        if batch_idx == self.batch:
+            self.before = self.snapshot(trainer, pl_module)
+            forward = pl_module.velocity.forward
+            pl_module.velocity.forward = lambda *inputs: forward(*inputs) * float("nan")  # NaN gradients too
+        elif batch_idx == self.batch + 1:
+            after = self.snapshot(trainer, pl_module)
+            unchanged = len(after) == len(self.before) and all(map(torch.equal, after, self.before))
+            with open(f"{trainer.default_root_dir}/skipped.json", "w") as f:
+                json.dump({"unchanged": unchanged}, f)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            del pl_module.velocity.forward

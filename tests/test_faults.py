@@ -179,3 +179,127 @@ def test_a_full_disk_in_round_two_names_the_file_and_keeps_round_one(victim, tmp
     message = fails(tmp_path, *ARGS)
     assert f"could not write {tmp_path / victim}: No space left on device" in message
     assert_round_one_is_intact(tmp_path)
+
+
+# -- numerical faults -----------------------------------------------------
+
+
+def test_a_nan_loss_is_skipped_without_touching_weights_ema_or_optimiser(tmp_path):
+    run_cli(tmp_path, *ARGS, "--model.ema_decay", "0.5", callback("NaNLossAt", epoch=2, batch=1))
+    assert json.loads((tmp_path / "skipped.json").read_text()) == {"unchanged": True}
+    assert [r["round"] for r in read_rounds(tmp_path)] == [0, 1, 2]
+    last = load(tmp_path / "checkpoints" / "last.ckpt")
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+
+
+def test_nan_losses_in_a_row_stop_the_run_and_keep_round_one(tmp_path):
+    message = fails(tmp_path, *ARGS, "--model.max_bad_steps", "2", callback("PoisonWeights", epoch=2))
+    assert "the training loss was NaN or infinite for 2 steps in a row (epoch 2" in message
+    assert [r["round"] for r in read_rounds(tmp_path)] == [0, 1]
+    assert_round_one_is_intact(tmp_path)
+
+
+def test_a_huge_learning_rate_stops_before_any_checkpoint(tmp_path):
+    message = fails(tmp_path, *ARGS, "--model.lr", "1e30")
+    assert "NaN or infinite for 3 steps in a row" in message and "Lower model.lr" in message
+    assert [r["round"] for r in read_rounds(tmp_path)] == [0]
+    assert checkpoint_names(tmp_path) == set()
+
+
+def test_a_nan_ode_solve_never_replaces_the_collection(tmp_path):
+    message = fails(tmp_path, *ARGS, callback("NaNVelocity", epoch=3))
+    assert "the ODE solve gave NaN or infinite values" in message
+    assert [r["round"] for r in read_rounds(tmp_path)] == [0, 1]
+    assert_round_one_is_intact(tmp_path)
+
+
+def test_nan_weights_are_never_checkpointed(tmp_path):
+    message = fails(tmp_path, *ARGS, callback("PoisonWeightsAtRoundEnd", epoch=3))
+    assert "holds NaN or infinite values: no checkpoint written" in message
+    assert_round_one_is_intact(tmp_path)
+
+
+# -- disk -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["under_a_file", "read_only"])
+def test_an_unwritable_output_folder_is_named_before_training(how, tmp_path):
+    if how == "read_only":
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        run = tmp_path / "ro"
+        run.mkdir()
+        run.chmod(0o555)
+    else:
+        (tmp_path / "file").write_text("not a folder")
+        run = tmp_path / "file" / "run"
+    message = fails(run, *ARGS)
+    assert f"trainer.default_root_dir {run} is not a writable folder" in message
+    assert not list(tmp_path.rglob("*.ckpt")) and not list(tmp_path.rglob("rounds.jsonl"))
+
+
+def test_a_full_disk_is_named_before_training(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "fsync", no_space)
+    message = fails(tmp_path / "run", *ARGS)
+    assert f"trainer.default_root_dir {tmp_path / 'run'} is not a writable folder: No space left on device" in message
+    assert not (tmp_path / "run" / "rounds.jsonl").exists()
+
+
+# -- checkpoints from elsewhere -------------------------------------------
+
+
+def edited(reference: Path, tmp_path: Path, edit) -> Path:
+    data = load(reference / "checkpoints" / "last.ckpt")
+    edit(data)
+    torch.save(data, tmp_path / "edited.ckpt")
+    return tmp_path / "edited.ckpt"
+
+
+BAD_CHECKPOINTS = {
+    "missing": (lambda ref, tmp: tmp / "nowhere.ckpt", "does not exist"),
+    "text": (lambda ref, tmp: (tmp / "t.ckpt").write_text("hello") and tmp / "t.ckpt",
+             "is not a readable miri-lightning checkpoint (truncated or another format)"),
+    "truncated": (lambda ref, tmp: (tmp / "cut.ckpt").write_bytes((ref / "checkpoints" / "last.ckpt").read_bytes()[:50000])
+                  and tmp / "cut.ckpt", "is not a readable miri-lightning checkpoint (truncated or another format)"),
+    "not_lightning": (lambda ref, tmp: torch.save({"weights": torch.zeros(3)}, tmp / "w.pt") or tmp / "w.pt",
+                      "is not a miri-lightning checkpoint: it is not a Lightning checkpoint at all"),
+    "other_program": (lambda ref, tmp: edited(ref, tmp, lambda d: d.pop("miri")),
+                      "is not a miri-lightning checkpoint: a Lightning checkpoint of another program"),
+    "other_format": (lambda ref, tmp: edited(ref, tmp, lambda d: d["miri"].update(format=99)),
+                     f"is miri-lightning checkpoint format 99; this version of miri-lightning reads format "
+                     f"{CHECKPOINT_FORMAT}"),
+    "other_network": (lambda ref, tmp: edited(ref, tmp, lambda d: d["hyper_parameters"]["net"].update(width=16)),
+                      "holds a network with model.net"),
+}
+
+
+@pytest.mark.parametrize("kind", BAD_CHECKPOINTS)
+def test_a_checkpoint_from_elsewhere_is_named_before_training(kind, reference, tmp_path):
+    make, expected = BAD_CHECKPOINTS[kind]
+    path = make(reference, tmp_path)
+    message = fails(tmp_path / "run", *ARGS, "--ckpt_path", str(path))
+    assert str(path) in message and expected in message
+    assert not (tmp_path / "run" / "rounds.jsonl").exists() and not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_checkpoints_record_their_format_and_load_without_pickled_code(reference):
+    assert load(reference / "checkpoints" / "round001.ckpt")["miri"]["format"] == CHECKPOINT_FORMAT
+
+
+# -- bad config -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["--model.no_such_key", "1"], "--model.no_such_key"),
+    (["--model.lr", "abc"], '"model.lr"'),
+    (["--rounds.epochs_per_round", "x"], '"rounds.epochs_per_round"'),
+    (["--model.max_bad_steps", "0"], "model.max_bad_steps must be >= 1, got 0"),
+    (["--trainer.max_epochs", "3", "--rounds.epochs_per_round", "2"], "rounds.epochs_per_round (2)"),
+    (["--data.mask.init_args.missing_rate", "1.5"], "missing_rate must be in [0, 1), got 1.5"),
+    (["--data.mask.init_args.missing_rate", "-0.1"], "missing_rate must be in [0, 1), got -0.1"),
+], ids=["unknown_key", "wrong_type", "wrong_type_nested", "bad_value", "epochs_not_divisible",
+        "missing_rate_high", "missing_rate_negative"])
+def test_a_bad_config_is_one_short_line_naming_the_key(overrides, key, tmp_path):
+    message = fails(tmp_path / "run", *overrides)
+    assert key in message and len(message) < 200
+    assert not (tmp_path / "run" / "rounds.jsonl").exists()
