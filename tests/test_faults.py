@@ -70,9 +70,7 @@ def assert_round_one_is_intact(run_dir: Path) -> None:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
-    """The run never killed (on one thread, as the runs it is compared with: module fixtures start before
-    conftest's per-test thread setting)."""
-    torch.set_num_threads(1)
+    """The run never killed."""
     return run_cli(tmp_path_factory.mktemp("faults") / "reference", *ARGS)
 
 
