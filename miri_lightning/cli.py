@@ -110,7 +110,7 @@ class MIRICLI(LightningCLI):
         return trainer
 
 
-def wrapped_miri_error(err: BaseException) -> Optional[MIRIError]:
+def wrapped_miri_error(err: Optional[BaseException]) -> Optional[MIRIError]:
     """The MIRIError behind `err`: jsonargparse wraps what a class raises while it instantiates it."""
     while err is not None and not isinstance(err, MIRIError):
         err = err.__cause__ or err.__context__

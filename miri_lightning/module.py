@@ -84,8 +84,8 @@ class MIRI(LightningModule):
                 raise ConfigError(f"model.{key} must be {expected}, got {value}")
         self.save_hyperparameters(
             {"net": asdict(net), "lr": lr, "weight_decay": weight_decay, "warmup_steps": warmup_steps,
-             "final_lr_ratio": final_lr_ratio, "ema_decay": ema_decay, "max_bad_steps": max_bad_steps, "solver": asdict(solver), "seed": seed,
-             "image_shape": image_shape}
+             "final_lr_ratio": final_lr_ratio, "ema_decay": ema_decay, "max_bad_steps": max_bad_steps,
+             "solver": asdict(solver), "seed": seed, "image_shape": image_shape}
         )
         self.net_config, self.solver = net, solver
         self.velocity: Optional[VelocityUNet] = None
@@ -168,7 +168,13 @@ class MIRI(LightningModule):
         return True
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
-        loss = optimizer_closure()  # forward and backward; Lightning's default runs this inside optimizer.step
+        """Lightning's step, except that an update spoilt by a bad loss is skipped.
+
+        Lightning runs the closure (forward, backward) inside `optimizer.step`,
+        too late to skip; here it runs first. Skipped steps still count for the
+        learning-rate schedule and `global_step`.
+        """
+        loss = optimizer_closure()
         skip, self.skip_update = self.skip_update, False
         if not skip:
             optimizer.step(closure=lambda: loss)  # runs the precision plugin's hooks, clipping and loss scaling
@@ -219,8 +225,8 @@ class MIRI(LightningModule):
         """Refuse to checkpoint NaN or infinite weights: a resume from them could only fail again."""
         for name, value in state_dict.items():
             if value.is_floating_point() and not torch.isfinite(value).all():
-                raise TrainingError(f"the weight {name} holds NaN or infinite values: no checkpoint written; "
-                                    "the files on disk are those of the last finished round")
+                raise TrainingError(f"the weight {name} holds NaN or infinite values: no checkpoint written "
+                                    "(the last one on disk is kept)")
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("miri", {})

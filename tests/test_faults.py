@@ -213,7 +213,7 @@ def test_a_nan_ode_solve_never_replaces_the_collection(tmp_path):
 
 def test_nan_weights_are_never_checkpointed(tmp_path):
     message = fails(tmp_path, *ARGS, callback("PoisonWeightsAtRoundEnd", epoch=3))
-    assert "holds NaN or infinite values: no checkpoint written" in message
+    assert "holds NaN or infinite values: no checkpoint written (the last one on disk is kept)" in message
     assert_round_one_is_intact(tmp_path)
 
 
@@ -246,21 +246,32 @@ def test_a_full_disk_is_named_before_training(tmp_path, monkeypatch):
 # -- checkpoints from elsewhere -------------------------------------------
 
 
+def written(path: Path, content: bytes) -> Path:
+    path.write_bytes(content)
+    return path
+
+
 def edited(reference: Path, tmp_path: Path, edit) -> Path:
+    """The reference run's last.ckpt with `edit` applied."""
     data = load(reference / "checkpoints" / "last.ckpt")
     edit(data)
     torch.save(data, tmp_path / "edited.ckpt")
     return tmp_path / "edited.ckpt"
 
 
+def plain_tensors(reference: Path, tmp_path: Path) -> Path:
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "weights.pt")
+    return tmp_path / "weights.pt"
+
+
+UNREADABLE = "is not a readable miri-lightning checkpoint (truncated or another format)"
+# kind: (make(reference run, folder) -> the file, what the message says about it)
 BAD_CHECKPOINTS = {
     "missing": (lambda ref, tmp: tmp / "nowhere.ckpt", "does not exist"),
-    "text": (lambda ref, tmp: (tmp / "t.ckpt").write_text("hello") and tmp / "t.ckpt",
-             "is not a readable miri-lightning checkpoint (truncated or another format)"),
-    "truncated": (lambda ref, tmp: (tmp / "cut.ckpt").write_bytes((ref / "checkpoints" / "last.ckpt").read_bytes()[:50000])
-                  and tmp / "cut.ckpt", "is not a readable miri-lightning checkpoint (truncated or another format)"),
-    "not_lightning": (lambda ref, tmp: torch.save({"weights": torch.zeros(3)}, tmp / "w.pt") or tmp / "w.pt",
-                      "is not a miri-lightning checkpoint: it is not a Lightning checkpoint at all"),
+    "text": (lambda ref, tmp: written(tmp / "notes.ckpt", b"hello"), UNREADABLE),
+    "truncated": (lambda ref, tmp: written(tmp / "cut.ckpt", (ref / "checkpoints" / "last.ckpt").read_bytes()[:50000]),
+                  UNREADABLE),
+    "not_lightning": (plain_tensors, "is not a miri-lightning checkpoint: it is not a Lightning checkpoint at all"),
     "other_program": (lambda ref, tmp: edited(ref, tmp, lambda d: d.pop("miri")),
                       "is not a miri-lightning checkpoint: a Lightning checkpoint of another program"),
     "other_format": (lambda ref, tmp: edited(ref, tmp, lambda d: d["miri"].update(format=99)),
