@@ -25,6 +25,10 @@ from .io import check_writable
 from .module import MIRI
 
 
+# `--ckpt_path` values that Lightning resolves to a file itself (e.g. `last`: the newest last*.ckpt).
+LIGHTNING_CKPT_KEYWORDS = ("last", "best", "hpc", "registry")
+
+
 @dataclass
 class LoggingConfig:
     """Where metrics and grids go, unless `trainer.logger` names a logger itself.
@@ -137,7 +141,7 @@ def main(args: Optional[list[str]] = None) -> None:
     try:
         cli = build_cli(args)
         ckpt_path = cli.config.ckpt_path
-        if ckpt_path:
+        if ckpt_path and ckpt_path not in LIGHTNING_CKPT_KEYWORDS:
             check_resume(ckpt_path, cli.model.hparams["net"])
         # weights_only: a checkpoint holds only tensors and plain values, so loading it runs no pickled code.
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path, weights_only=True)

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+from typing import Optional
 
 import torch
 from lightning.pytorch import Callback
@@ -79,14 +80,14 @@ class NaNVelocity(Callback):
 
 
 class NaNLossAt(Callback):
-    """The trained network returns NaN for batch `batch` of epoch `epoch` only.
+    """The trained network returns NaN for batch `batch` of epoch `epoch` only, on rank `rank` (default: all).
 
-    Writes `skipped.json` in the run folder: whether that step left the
-    network, its EMA and the optimiser state exactly as they were.
+    Every rank writes `skipped_rank{R}.json` in the run folder: whether that
+    step left its network, EMA and optimiser state exactly as they were.
     """
 
-    def __init__(self, epoch: int, batch: int):
-        self.epoch, self.batch, self.before = epoch, batch, None
+    def __init__(self, epoch: int, batch: int, rank: Optional[int] = None):
+        self.epoch, self.batch, self.rank, self.before = epoch, batch, rank, None
 
     @staticmethod
     def snapshot(trainer, pl_module) -> list[torch.Tensor]:
@@ -100,14 +101,23 @@ class NaNLossAt(Callback):
             return
         if batch_idx == self.batch:
             self.before = self.snapshot(trainer, pl_module)
+            if self.rank not in (None, trainer.global_rank):
+                return
             forward = pl_module.velocity.forward
             pl_module.velocity.forward = lambda *inputs: forward(*inputs) * float("nan")  # NaN gradients too
         elif batch_idx == self.batch + 1:
             after = self.snapshot(trainer, pl_module)
             unchanged = len(after) == len(self.before) and all(map(torch.equal, after, self.before))
-            with open(f"{trainer.default_root_dir}/skipped.json", "w") as f:
+            with open(f"{trainer.default_root_dir}/skipped_rank{trainer.global_rank}.json", "w") as f:
                 json.dump({"unchanged": unchanged}, f)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch and "forward" in vars(pl_module.velocity):
             del pl_module.velocity.forward
+
+
+class DumpWeights(Callback):
+    """Every rank saves its trained network's weights at the end of training."""
+
+    def on_train_end(self, trainer, pl_module):
+        torch.save(pl_module.velocity.state_dict(), f"{trainer.default_root_dir}/weights_rank{trainer.global_rank}.pt")

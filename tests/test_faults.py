@@ -184,10 +184,22 @@ def test_a_full_disk_in_round_two_names_the_file_and_keeps_round_one(victim, tmp
 
 def test_a_nan_loss_is_skipped_without_touching_weights_ema_or_optimiser(tmp_path):
     run_cli(tmp_path, *ARGS, "--model.ema_decay", "0.5", callback("NaNLossAt", epoch=2, batch=1))
-    assert json.loads((tmp_path / "skipped.json").read_text()) == {"unchanged": True}
+    assert json.loads((tmp_path / "skipped_rank0.json").read_text()) == {"unchanged": True}
     assert [r["round"] for r in read_rounds(tmp_path)] == [0, 1, 2]
     last = load(tmp_path / "checkpoints" / "last.ckpt")
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+
+
+def test_under_ddp_a_nan_loss_on_one_rank_is_skipped_on_every_rank(tmp_path):
+    ddp = ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+           "--trainer.max_epochs", "2", "--rounds.epochs_per_round", "1"]  # 2 steps an epoch on each rank
+    done = train_subprocess(tmp_path, *ddp, callback("NaNLossAt", epoch=1, batch=0, rank=1), callback("DumpWeights"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"skipped_rank{rank}.json").read_text()) == {"unchanged": True}
+    weights = [load(tmp_path / f"weights_rank{rank}.pt") for rank in (0, 1)]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert [r["round"] for r in read_rounds(tmp_path)] == [0, 1, 2]
 
 
 def test_nan_losses_in_a_row_stop_the_run_and_keep_round_one(tmp_path):
