@@ -133,7 +133,7 @@ def build_cli(args: Optional[list[str]] = None) -> MIRICLI:
         cause = wrapped_miri_error(err)
         if cause is None:
             raise
-        raise cause from err
+        raise cause from None  # the message of the class itself, not jsonargparse's summary of it
 
 
 def main(args: Optional[list[str]] = None) -> None:

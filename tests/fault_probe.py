@@ -43,6 +43,18 @@ class KillInReimputation(Callback):
         pl_module.impute = counting_impute
 
 
+class KillAtCheckpoint(Callback):
+    """SIGKILL while the run's `nth` checkpoint (counting from 1) is being put together, before it is written."""
+
+    def __init__(self, nth: int):
+        self.nth, self.seen = nth, 0
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        self.seen += 1
+        if self.seen == self.nth:
+            kill_self()
+
+
 class PoisonWeights(Callback):
     """Fill the trained network's weights with NaN at the start of epoch `epoch` (every loss after is NaN)."""
 

@@ -87,17 +87,23 @@ def assert_same_result(run_dir: Path, reference: Path) -> None:
 # -- kill and resume ------------------------------------------------------
 
 
-@pytest.mark.parametrize("kill", [callback("KillInTraining", epoch=3, batch=2),
-                                  callback("KillInReimputation", epoch=3, chunks=2)],
-                         ids=["in_training", "in_reimputation"])
-def test_killed_in_round_two_resumes_from_last_ckpt_to_the_uninterrupted_result(kill, reference, tmp_path):
+@pytest.mark.parametrize("kill, rounds_on_disk", [
+    (callback("KillInTraining", epoch=3, batch=2), [0, 1]),
+    (callback("KillInReimputation", epoch=3, chunks=2), [0, 1]),
+    # The 4th checkpoint is round 2's last.ckpt: round002.ckpt and round 2's files are written, last.ckpt is round 1.
+    (callback("KillAtCheckpoint", nth=4), [0, 1, 2]),
+], ids=["in_training", "in_reimputation", "between_round_checkpoint_and_last"])
+def test_killed_in_round_two_resumes_from_last_ckpt_to_the_uninterrupted_result(kill, rounds_on_disk, reference,
+                                                                                 tmp_path):
     run = tmp_path / "run"
     killed = train_subprocess(run, *ARGS, kill)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    assert_round_one_is_intact(run)
-    assert [r["round"] for r in read_rounds(run)] == [0, 1]
+    assert [r["round"] for r in read_rounds(run)] == rounds_on_disk
+    assert load(run / "checkpoints" / "last.ckpt")["MaskedImageDataModule"]["round"] == 1
+    if rounds_on_disk == [0, 1]:
+        assert_round_one_is_intact(run)
     run_cli(run, *ARGS, "--ckpt_path", str(run / "checkpoints" / "last.ckpt"))
-    assert_same_result(run, reference)
+    assert_same_result(run, reference)  # the same checkpoint files too: a redone round002.ckpt is replaced
 
 
 # -- atomic writes --------------------------------------------------------
