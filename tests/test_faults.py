@@ -313,6 +313,11 @@ def test_checkpoints_record_their_format_and_load_without_pickled_code(reference
     assert load(reference / "checkpoints" / "round001.ckpt")["miri"]["format"] == CHECKPOINT_FORMAT
 
 
+def test_a_checkpoint_from_before_the_format_was_recorded_still_resumes(reference, tmp_path):
+    path = edited(reference, tmp_path, lambda d: d["miri"].pop("format"))
+    run_cli(tmp_path / "run", *ARGS, "--ckpt_path", str(path))  # no error; at max_epochs already, so nothing to do
+
+
 # -- bad config -----------------------------------------------------------
 
 
