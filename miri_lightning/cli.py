@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from argparse import ArgumentError
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
@@ -14,11 +15,18 @@ from typing import Literal, Optional
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from .callbacks import MIRIRounds, RoundProgressBar
+from .checkpoints import AtomicCheckpointIO, check_resume
 from .data.datamodule import MaskedImageDataModule
-from .errors import MIRIError
+from .errors import ConfigError, MIRIError
+from .io import check_writable
 from .module import MIRI
+
+
+# `--ckpt_path` values that Lightning resolves to a file itself (e.g. `last`: the newest last*.ckpt).
+LIGHTNING_CKPT_KEYWORDS = ("last", "best", "hpc", "registry")
 
 
 @dataclass
@@ -81,10 +89,17 @@ class MIRICLI(LightningCLI):
             "checkpoint.auto_insert_metric_name": False,
             "checkpoint.save_top_k": -1,
             "checkpoint.save_last": True,
+            # A resumed run that redoes a round replaces that round's file instead of adding round002-v1.ckpt.
+            "checkpoint.enable_version_counter": False,
         })
         parser.link_arguments("rounds.epochs_per_round", "checkpoint.every_n_epochs")
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath",
                               compute_fn=lambda run_dir: str(Path(run_dir) / "checkpoints"))
+
+    def before_instantiate_classes(self) -> None:
+        # Before any class is built or writes: a run that cannot save its outputs should not start training.
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        check_writable(config["trainer"]["default_root_dir"], "trainer.default_root_dir")
 
     def instantiate_trainer(self, **kwargs):
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
@@ -93,15 +108,42 @@ class MIRICLI(LightningCLI):
         trainer = super().instantiate_trainer(**kwargs)
         # Lightning's default bar, when it is on, becomes one that shows the round.
         trainer.callbacks = [RoundProgressBar() if type(cb) is TQDMProgressBar else cb for cb in trainer.callbacks]
+        # Checkpoints are written whole or not at all, unless the config names a checkpoint plugin of its own.
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
+
+
+def wrapped_miri_error(err: Optional[BaseException]) -> Optional[MIRIError]:
+    """The MIRIError behind `err`: jsonargparse wraps what a class raises while it instantiates it."""
+    while err is not None and not isinstance(err, MIRIError):
+        err = err.__cause__ or err.__context__
+    return err
+
+
+def build_cli(args: Optional[list[str]] = None) -> MIRICLI:
+    """Parse the command line and build the model, data and trainer; bad keys or values raise a MIRIError."""
+    try:
+        return MIRICLI(MIRI, MaskedImageDataModule, run=False, args=args, save_config_callback=LogConfig,
+                       save_config_kwargs={"overwrite": True}, subclass_mode_model=False,
+                       subclass_mode_data=False, parser_kwargs={"exit_on_error": False})
+    except ArgumentError as err:  # an unknown key or a value of the wrong type: one line, not the usage
+        raise ConfigError(" ".join(str(err).split())) from err
+    except ValueError as err:
+        cause = wrapped_miri_error(err)
+        if cause is None:
+            raise
+        raise cause from None  # the message of the class itself, not jsonargparse's summary of it
 
 
 def main(args: Optional[list[str]] = None) -> None:
     """Parse the command line, then train (resuming from `--ckpt_path` when given)."""
     try:
-        cli = MIRICLI(MIRI, MaskedImageDataModule, run=False, args=args, save_config_callback=LogConfig,
-                      save_config_kwargs={"overwrite": True}, subclass_mode_model=False,
-                      subclass_mode_data=False)
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.ckpt_path)
+        cli = build_cli(args)
+        ckpt_path = cli.config.ckpt_path
+        if ckpt_path and ckpt_path not in LIGHTNING_CKPT_KEYWORDS:
+            check_resume(ckpt_path, cli.model.hparams["net"])
+        # weights_only: a checkpoint holds only tensors and plain values, so loading it runs no pickled code.
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path, weights_only=True)
     except MIRIError as err:
         sys.exit(f"error: {err}")

@@ -11,3 +11,11 @@ class DataError(MIRIError, ValueError):
 
 class ConfigError(MIRIError, ValueError):
     """A configuration value that cannot work (names the key)."""
+
+
+class OutputError(MIRIError, OSError):
+    """An output folder or file that cannot be written (names it; earlier outputs are left as they were)."""
+
+
+class TrainingError(MIRIError, RuntimeError):
+    """Training that cannot go on, such as a loss that stays NaN (says what was kept on disk)."""

@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .baselines import initial_fill
+from .checkpoints import miri_state, read_checkpoint
 from .data.checks import images_without_observed
 from .errors import DataError
 from .flow import SolverConfig, solve
@@ -32,24 +33,10 @@ EXPORT_VERSION = 1
 PRECISIONS = {"32": torch.float32, "bf16": torch.bfloat16, "16": torch.float16}
 
 
-def _read(path: Path) -> dict:
-    """A checkpoint or export as a dict, or a DataError that says what is wrong with the file."""
-    if not path.is_file():
-        raise DataError(f"checkpoint {path} does not exist")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for truncated or foreign files
-        raise DataError(f"{path} is not a readable miri-lightning checkpoint (truncated or another format): "
-                        f"{str(err).splitlines()[0]}") from err
-    if not isinstance(data, dict):
-        raise DataError(f"{path} is not a miri-lightning checkpoint: it holds a {type(data).__name__}")
-    return data
-
-
 def _from_training_checkpoint(data: dict, path: Path) -> dict:
     """The export dict of a Lightning checkpoint written by `train.py`."""
     hparams, state = data.get("hyper_parameters", {}), data.get("MaskedImageDataModule", {})
-    weights = data.get("miri", {}).get("round_weights")
+    weights = miri_state(data, path).get("round_weights")
     if not hparams.get("image_shape") or weights is None:
         raise DataError(f"{path} is not a miri-lightning checkpoint (no MIRI model or per-round weights in it)")
     if not weights:
@@ -87,7 +74,7 @@ class MIRIImputer:
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu", precision: str = "32") -> MIRIImputer:
         """From a training checkpoint (`.ckpt`) or an exported file; errors name what is wrong."""
         path = Path(path)
-        data = _read(path)
+        data = read_checkpoint(path)
         if data.get("format") != EXPORT_FORMAT:
             data = _from_training_checkpoint(data, path)
         elif data.get("version") != EXPORT_VERSION:

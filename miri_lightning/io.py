@@ -13,20 +13,63 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .errors import OutputError
+
+PROBE_BYTES = 1 << 16  # enough to need a free data block: a full disk fails the probe
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Give `tmp` the mode a new file would get, flush it to disk, then rename it over `path`."""
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private (0600); outputs are ordinary files
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # else a crash of the machine could leave the new name on an empty file
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it replaces `path` in one rename."""
+    """Yield a temporary path beside `path`; on success it replaces `path` in one rename.
+
+    A failed write (full disk, no permission) raises an `OutputError` that names
+    `path`; the temporary file is removed and any previous `path` is untouched.
+    A killed process can leave only a hidden `.NAME.*.tmp` file behind.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
+    tmp = None
     try:
-        yield Path(tmp)
-        os.replace(tmp, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(name)
+        yield tmp
+        _publish(tmp, path)
+    except OSError as err:
+        raise OutputError(f"could not write {path}: {err.strerror or err} (any previous {path.name} is kept)") from err
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if tmp is not None and tmp.exists():
+            tmp.unlink()
+
+
+def check_writable(folder: str | os.PathLike, key: str) -> None:
+    """Create `folder` and write, sync and delete a probe file in it, or raise an `OutputError` naming `key`."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe.") as probe:
+            probe.write(bytes(PROBE_BYTES))
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as err:
+        raise OutputError(f"{key} {folder} is not a writable folder: {err.strerror or err}") from err
 
 
 def save_imputations(path, imputations: torch.Tensor, masks: torch.Tensor, **extra) -> None:
@@ -48,7 +91,11 @@ def save_png(path, image: torch.Tensor) -> None:
 
 
 def write_round_record(path, record: dict) -> None:
-    """Add one round's line to a JSON-lines file, dropping lines of that round or later (a redone round)."""
+    """Add one round's line to a JSON-lines file, dropping lines of that round or later (a redone round).
+
+    The whole file is rewritten and renamed into place, never appended to, so
+    a kill mid-write cannot leave a torn last line.
+    """
     path = Path(path)
     lines = path.read_text().splitlines() if path.exists() else []
     kept = [line for line in lines if line.strip() and json.loads(line)["round"] < record["round"]]

@@ -8,9 +8,11 @@ from typing import Optional, Union
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.optim.swa_utils import AveragedModel
 
-from .errors import ConfigError
+from .checkpoints import CHECKPOINT_FORMAT
+from .errors import ConfigError, TrainingError
 from .flow import SolverConfig, derangement, missing_mse, solve, training_pair
 from .models.unet import UNetConfig, VelocityUNet
 
@@ -45,6 +47,9 @@ class MIRI(LightningModule):
             start this lets later rounds settle instead of drifting.
         ema_decay: decay of the exponential moving average of the weights; the
             EMA weights do the re-imputation and are what each round keeps.
+        max_bad_steps: a step whose loss is NaN or infinite (on any device)
+            is skipped: no optimiser or EMA update. This many in a row stop
+            the run; the files on disk stay those of the last finished round.
         solver: how the re-imputation ODE is solved.
         seed: seed of the network initialisation and of the training draws
             (partners, tau), which depend only on (seed, epoch, rank) so that a
@@ -61,6 +66,7 @@ class MIRI(LightningModule):
         warmup_steps: int = 100,
         final_lr_ratio: float = 1.0,
         ema_decay: float = 0.999,
+        max_bad_steps: int = 3,
         solver: Union[SolverConfig, dict] = SolverConfig(),
         seed: int = 0,
         image_shape: Optional[tuple[int, int, int]] = None,
@@ -69,21 +75,25 @@ class MIRI(LightningModule):
         # Checkpoints store plain dicts, so that loading them needs no pickled classes.
         net = net if isinstance(net, UNetConfig) else UNetConfig(**net)
         solver = solver if isinstance(solver, SolverConfig) else SolverConfig(**solver)
-        if lr <= 0 or warmup_steps < 0 or not 0 <= ema_decay < 1 or not 0 < final_lr_ratio <= 1:
-            raise ConfigError(
-                "model: need lr > 0, warmup_steps >= 0, 0 <= ema_decay < 1 and 0 < final_lr_ratio <= 1; got "
-                f"lr={lr}, warmup_steps={warmup_steps}, ema_decay={ema_decay}, final_lr_ratio={final_lr_ratio}"
-            )
+        for key, value, ok, expected in (("lr", lr, lr > 0, "> 0"),
+                                         ("warmup_steps", warmup_steps, warmup_steps >= 0, ">= 0"),
+                                         ("final_lr_ratio", final_lr_ratio, 0 < final_lr_ratio <= 1, "in (0, 1]"),
+                                         ("ema_decay", ema_decay, 0 <= ema_decay < 1, "in [0, 1)"),
+                                         ("max_bad_steps", max_bad_steps, max_bad_steps >= 1, ">= 1")):
+            if not ok:
+                raise ConfigError(f"model.{key} must be {expected}, got {value}")
         self.save_hyperparameters(
             {"net": asdict(net), "lr": lr, "weight_decay": weight_decay, "warmup_steps": warmup_steps,
-             "final_lr_ratio": final_lr_ratio, "ema_decay": ema_decay, "solver": asdict(solver), "seed": seed,
-             "image_shape": image_shape}
+             "final_lr_ratio": final_lr_ratio, "ema_decay": ema_decay, "max_bad_steps": max_bad_steps,
+             "solver": asdict(solver), "seed": seed, "image_shape": image_shape}
         )
         self.net_config, self.solver = net, solver
         self.velocity: Optional[VelocityUNet] = None
         self.ema: Optional[AveragedModel] = None
         self.round_weights: list[dict[str, torch.Tensor]] = []  # EMA weights of rounds 1..T, on the CPU
         self.round_start_step = 0
+        self.bad_steps = 0  # bad steps in a row
+        self.skip_batch = self.skip_update = False
         if image_shape is not None:
             self._build(tuple(image_shape))
 
@@ -132,12 +142,46 @@ class MIRI(LightningModule):
         tau = torch.rand(len(x0), device=x0.device, generator=self.draws)
         a, b, target = training_pair(x0, x1, m, tau)
         loss = missing_mse(self.velocity(a, b, m, tau), target, m)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True)  # reduced once an epoch
-        return loss
+        self.skip_batch = self._loss_is_bad(loss)
+        self.skip_update |= self.skip_batch  # with gradient accumulation, one bad batch spoils the whole update
+        if not self.skip_batch:
+            self.log("train/loss", loss, prog_bar=True)
+            self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True)  # reduced once an epoch
+        return loss  # back-propagated even when bad: under DDP every rank must join the gradient all-reduce
+
+    def _loss_is_bad(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is NaN or infinite on any device; raises after `max_bad_steps` such steps in a row."""
+        bad = self.trainer.strategy.reduce((~torch.isfinite(loss.detach())).float(), reduce_op="sum")
+        if not bad:  # the one host read of the step (one all-reduce first under DDP, so all ranks agree)
+            self.bad_steps = 0
+            return False
+        self.bad_steps += 1
+        where = f"epoch {self.current_epoch}, step {self.global_step}"
+        if self.bad_steps >= self.hparams.max_bad_steps:
+            raise TrainingError(
+                f"the training loss was NaN or infinite for {self.bad_steps} steps in a row ({where}); stopped. "
+                "The checkpoints and imputations on disk are those of the last finished round. "
+                "Lower model.lr or check the data."
+            )
+        rank_zero_warn(f"MIRI: NaN or infinite training loss at {where}; step skipped "
+                       f"({self.bad_steps} of model.max_bad_steps={self.hparams.max_bad_steps} in a row)")
+        return True
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        """Lightning's step, except that an update spoilt by a bad loss is skipped.
+
+        Lightning runs the closure (forward, backward) inside `optimizer.step`,
+        too late to skip; here it runs first. Skipped steps still count for the
+        learning-rate schedule and `global_step`.
+        """
+        loss = optimizer_closure()
+        skip, self.skip_update = self.skip_update, False
+        if not skip:
+            optimizer.step(closure=lambda: loss)  # runs the precision plugin's hooks, clipping and loss scaling
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        self.ema.update_parameters(self.velocity)
+        if not self.skip_batch:
+            self.ema.update_parameters(self.velocity)
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.velocity.parameters(), lr=self.hparams.lr,
@@ -172,7 +216,17 @@ class MIRI(LightningModule):
     # -- checkpoint -------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["miri"] = {"round_weights": self.round_weights, "round_start_step": self.round_start_step}
+        self._check_finite(checkpoint["state_dict"])
+        checkpoint["miri"] = {"format": CHECKPOINT_FORMAT, "round_weights": self.round_weights,
+                              "round_start_step": self.round_start_step}
+
+    @staticmethod
+    def _check_finite(state_dict: dict[str, torch.Tensor]) -> None:
+        """Refuse to checkpoint NaN or infinite weights: a resume from them could only fail again."""
+        for name, value in state_dict.items():
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                raise TrainingError(f"the weight {name} holds NaN or infinite values: no checkpoint written "
+                                    "(the last one on disk is kept)")
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("miri", {})

@@ -33,8 +33,10 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="session")
 def _few_threads():
+    # Session scope: it must run before the module-scoped runs too, or they train on other threads than the
+    # runs compared with them, and the results differ in the last bits.
     torch.set_num_threads(1)
 
 

@@ -120,11 +120,11 @@ class MIRIRounds(Callback):
         dm, run_dir = trainer.datamodule, Path(trainer.default_root_dir)
         metrics = collection_metrics(dm.imputations, dm.masks, dm.truth, self.metrics_max_images, self.mi_steps)
         record = {"round": dm.round, **metrics, **timing}
-        write_round_record(run_dir / ROUNDS_FILE, record)
         save_imputations(run_dir / IMPUTATIONS_FILE, dm.imputations, dm.masks, round=dm.round)
         k = self.grid_images
         grid = imputation_grid(dm.imputations[:k], dm.masks[:k], None if dm.truth is None else dm.truth[:k])
         save_png(run_dir / GRIDS_DIR / f"round_{dm.round:03d}.png", grid)
+        write_round_record(run_dir / ROUNDS_FILE, record)  # last: a round listed here has all its files
         log_grid(trainer.loggers, "imputations", grid, trainer.global_step)
         for logger in trainer.loggers:
             logger.log_metrics({f"round/{key}": value for key, value in record.items()}, step=trainer.global_step)

@@ -1,0 +1,82 @@
+"""Checkpoint files: written atomically, read without running pickled code, checked before a run resumes.
+
+`checkpoint["miri"]["format"]` records the layout of what MIRI stores in a
+checkpoint; a resume refuses any other format with a message instead of
+failing half-way through restoring it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+
+from .errors import DataError
+from .io import atomic_path
+
+# Bump when the contents of checkpoint["miri"] or the datamodule's state change meaning.
+CHECKPOINT_FORMAT = 1
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's `torch.save` checkpoints, written to a temporary file beside the target and renamed.
+
+    Lightning writes the final name in place (through a temporary file in the
+    system's temp folder, then a copy), so a kill or a full disk mid-write can
+    leave a torn `last.ckpt`; here the previous file stays whole until the new
+    one is complete. Remote paths (s3://, ...) keep Lightning's behaviour.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Optional[Any] = None) -> None:
+        if storage_options is not None or not _is_local_file_protocol(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+
+def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict:
+    """A checkpoint or export as a dict (tensors memory-mapped if `mmap`), or a DataError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"checkpoint {path} does not exist")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:  # torch raises many types for truncated or foreign files
+        raise DataError(f"{path} is not a readable miri-lightning checkpoint (truncated or another format): "
+                        f"{str(err).strip().splitlines()[0]}") from err
+    if not isinstance(data, dict):
+        raise DataError(f"{path} is not a miri-lightning checkpoint: it holds a {type(data).__name__}")
+    return data
+
+
+def miri_state(data: dict, path: str | os.PathLike) -> dict:
+    """`checkpoint["miri"]` of a checkpoint that `train.py` wrote in this format, or a DataError naming the file."""
+    if "pytorch-lightning_version" not in data or "state_dict" not in data:
+        raise DataError(f"{path} is not a miri-lightning checkpoint: it is not a Lightning checkpoint at all")
+    state = data.get("miri")
+    if not isinstance(state, dict):
+        raise DataError(f"{path} is not a miri-lightning checkpoint: a Lightning checkpoint of another program "
+                        "(no MIRI state in it)")
+    found = state.get("format", 1)  # checkpoints from before the format was recorded have format 1's layout
+    if found != CHECKPOINT_FORMAT:
+        raise DataError(f"{path} is miri-lightning checkpoint format {found}; this version of miri-lightning "
+                        f"reads format {CHECKPOINT_FORMAT}")
+    return state
+
+
+def check_resume(path: str | os.PathLike, net: dict) -> None:
+    """Refuse, before any training, a `--ckpt_path` this run cannot resume from; `net` is this run's `model.net`.
+
+    The file is memory-mapped, so the check reads little of a large checkpoint.
+    """
+    data = read_checkpoint(path, mmap=True)
+    miri_state(data, path)
+    saved = data.get("hyper_parameters", {}).get("net")
+    if json.loads(json.dumps(saved)) != json.loads(json.dumps(net)):  # tuples and lists compare alike
+        raise DataError(f"{path} holds a network with model.net {saved}, this run builds {net}: "
+                        "resume with the model.net settings of the run that wrote it")
