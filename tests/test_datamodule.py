@@ -195,3 +195,22 @@ def test_an_empty_source_is_named(tmp_path):
         make_dm(source=Empty())
     with pytest.raises(ConfigError, match="Shapes num_images must be None .* or >= 1, got 0"):
         Shapes(num_images=0)
+
+
+def test_memmap_state_on_a_full_disk_names_the_file_and_keeps_the_last_round(tmp_path, monkeypatch):
+    import errno
+
+    from miri_lightning.data.storage import MemmapStore
+    from miri_lightning.errors import OutputError
+
+    store = MemmapStore(tmp_path, writer=True, barrier=lambda: None)
+    first = store.save("round000.npy", torch.ones(2, 1, 4, 4)).clone()
+
+    def full_disk(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("os.posix_fallocate", full_disk)
+    with pytest.raises(OutputError, match=r"imputation state .*\.pending\.npy: No space left on device"):
+        store.save("round001.npy", torch.zeros(2, 1, 4, 4))
+    assert torch.equal(store.open("round000.npy"), first)
+    assert not (tmp_path / "round001.npy").exists()

@@ -17,7 +17,7 @@ from typing import Callable, Literal, Optional
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..errors import DataError, OutputError
 
 StateMode = Literal["auto", "memory", "memmap"]
 
@@ -64,16 +64,28 @@ class MemmapStore:
         """A new pending float32 file shaped like `like`, mapped for writing (None off the writer)."""
         if not self.writer:
             return None
-        self._pending = np.lib.format.open_memmap(self.path(PENDING), mode="w+", dtype=np.float32,
-                                                  shape=tuple(like.shape))
+        path = self.path(PENDING)
+        try:
+            self._pending = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=tuple(like.shape))
+            # Reserve every block now: on a full disk this fails with ENOSPC, where writing into
+            # a sparse mapped file later would kill the process with SIGBUS.
+            with open(path, "r+b") as f:
+                os.posix_fallocate(f.fileno(), 0, path.stat().st_size)
+        except OSError as err:
+            raise OutputError(f"could not write the imputation state {path}: {err.strerror or err} "
+                              "(the files of earlier rounds are kept)") from err
         return torch.from_numpy(self._pending)
 
     def commit(self, name: str) -> torch.Tensor:
         """Publish the pending file as `name` (an atomic rename), wait for every process, map it."""
         if self.writer:
-            self._pending.flush()
-            del self._pending
-            os.replace(self.path(PENDING), self.path(name))
+            try:
+                self._pending.flush()
+                del self._pending
+                os.replace(self.path(PENDING), self.path(name))
+            except OSError as err:
+                raise OutputError(f"could not write the imputation state {self.path(name)}: "
+                                  f"{err.strerror or err}") from err
         self.barrier()
         return self.open(name)
 
