@@ -19,13 +19,13 @@ import torch
 from PIL import Image
 
 from conftest import ROOT, TINY, read_imputations, read_rounds, run_cli
+from miri_lightning.callbacks.rounds import TIMING_KEYS
 from miri_lightning.checkpoints import CHECKPOINT_FORMAT, AtomicCheckpointIO
 from miri_lightning.errors import OutputError
 from miri_lightning.io import save_imputations, save_png, write_round_record
 
 # Two rounds of two epochs; 64 images in batches of 16: 4 training steps an epoch, 4 solve chunks a round.
 ARGS = ["--trainer.max_epochs", "4", "--rounds.epochs_per_round", "2", "--rounds.solve_batch_size", "16"]
-TIMINGS = {"train_seconds", "impute_seconds"}
 
 
 def callback(name: str, **init_args) -> str:
@@ -76,7 +76,7 @@ def reference(tmp_path_factory) -> Path:
 
 def assert_same_result(run_dir: Path, reference: Path) -> None:
     assert torch.equal(read_imputations(run_dir)[0], read_imputations(reference)[0])
-    strip = lambda rounds: [{k: v for k, v in r.items() if k not in TIMINGS} for r in rounds]  # noqa: E731
+    strip = lambda rounds: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rounds]  # noqa: E731
     assert strip(read_rounds(run_dir)) == strip(read_rounds(reference))
     assert checkpoint_names(run_dir) == checkpoint_names(reference)
     ours, theirs = load(run_dir / "checkpoints" / "last.ckpt"), load(reference / "checkpoints" / "last.ckpt")

@@ -25,6 +25,10 @@ def test_two_rounds_write_every_output(two_round_run):
     assert [r["round"] for r in rounds] == [0, 1, 2]
     for key in ("mmd", "psnr", "rmse", "ssim", "mutual_information", "train_seconds", "impute_seconds"):
         assert all(key in r for r in rounds)
+    for r in rounds[1:]:  # 64 images, 4 epochs of training and one solve a round
+        assert r["train_images_per_second"] == pytest.approx(4 * 64 / r["train_seconds"])
+        assert r["impute_images_per_second"] == pytest.approx(64 / r["impute_seconds"])
+        assert 0 < r["peak_memory_gb"] < 1000
     assert (two_round_run / "grids" / "round_002.png").is_file()
     ckpts = two_round_run / "checkpoints"
     assert {p.name for p in ckpts.glob("*.ckpt")} == {"round001.ckpt", "round002.ckpt", "last.ckpt"}

@@ -10,6 +10,7 @@ callback, so the round's checkpoint holds the new imputations.
 from __future__ import annotations
 
 import math
+import resource
 import time
 from pathlib import Path
 
@@ -24,6 +25,9 @@ from ..io import save_imputations, save_png, write_round_record
 from ..metrics import collection_metrics
 
 ROUNDS_FILE, IMPUTATIONS_FILE, GRIDS_DIR = "rounds.jsonl", "imputations.npz", "grids"
+# The fields of a round's record that measure the machine, not the result (they differ between equal runs).
+TIMING_KEYS = ("train_seconds", "impute_seconds", "train_images_per_second", "impute_images_per_second",
+               "peak_memory_gb")
 
 
 def shard(n: int, rank: int, world: int) -> torch.Tensor:
@@ -58,6 +62,20 @@ def reimpute(trainer: Trainer, pl_module: LightningModule, dm: MaskedImageDataMo
     return result
 
 
+def clock(device: torch.device) -> float:
+    """Seconds, once the device has finished its queued work (else GPU timings would miss the tail)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak memory of this round: allocated on the GPU, or the process's resident set on the CPU (whole run)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux reports KiB
+
+
 class MIRIRounds(Callback):
     """Ends a MIRI round every `epochs_per_round` epochs.
 
@@ -80,7 +98,7 @@ class MIRIRounds(Callback):
         self.epochs_per_round, self.reinit_each_round = epochs_per_round, reinit_each_round
         self.solve_batch_size, self.grid_images = solve_batch_size, grid_images
         self.metrics_max_images, self.mi_steps = metrics_max_images, mi_steps
-        self.train_seconds = 0.0
+        self.train_seconds, self.train_images = 0.0, 0
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         epochs = trainer.max_epochs
@@ -96,18 +114,27 @@ class MIRIRounds(Callback):
             self._report(trainer, pl_module, {"train_seconds": 0.0, "impute_seconds": 0.0})
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._epoch_start = time.perf_counter()
+        if pl_module.device.type == "cuda" and not self.train_images:
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+        self._epoch_start = clock(pl_module.device)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
+        self.train_images += len(batch[1]) * trainer.world_size
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.train_seconds += time.perf_counter() - self._epoch_start
+        self.train_seconds += clock(pl_module.device) - self._epoch_start
         if (trainer.current_epoch + 1) % self.epochs_per_round:
             return
         dm = trainer.datamodule
-        start = time.perf_counter()
+        start = clock(pl_module.device)
         dm.next_round(reimpute(trainer, pl_module, dm, self.solve_batch_size))
         pl_module.finish_round()
-        timing = {"train_seconds": self.train_seconds, "impute_seconds": time.perf_counter() - start}
-        self.train_seconds = 0.0
+        impute_seconds = clock(pl_module.device) - start
+        timing = {"train_seconds": self.train_seconds, "impute_seconds": impute_seconds,
+                  "train_images_per_second": self.train_images / max(self.train_seconds, 1e-9),
+                  "impute_images_per_second": len(dm.masks) / max(impute_seconds, 1e-9),
+                  "peak_memory_gb": peak_memory_gb(pl_module.device)}
+        self.train_seconds, self.train_images = 0.0, 0
         pl_module.log("round", float(dm.round), on_step=False, on_epoch=True, sync_dist=True)
         self._report(trainer, pl_module, timing)
         if dm.round < self.num_rounds:
