@@ -1,7 +1,7 @@
 """MIRI against simple baselines on the same images and masks, over mask settings and seeds.
 
     python scripts/benchmark.py --npz ../shared/data/mnist32_uint8.npz --num-images 1000 \
-        --config configs/quickstart.yaml --masks mcar60 boxes strokes --seeds 1 2 3 --out docs/benchmarks
+        --config configs/mnist_cpu.yaml --masks mcar60 boxes strokes --seeds 1 2 3 --out docs/benchmarks
 
 For every (mask setting, seed): the masks are drawn once; the baselines (the
 noise fill, the per-entry observed mean, normalised Gaussian interpolation,
@@ -126,7 +126,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--npz", required=True, help=".npz with an `images` array (N,H,W[,C])")
     p.add_argument("--num-images", type=int, default=1000)
-    p.add_argument("--config", type=Path, default=ROOT / "configs" / "quickstart.yaml")
+    p.add_argument("--config", type=Path, default=ROOT / "configs" / "mnist_cpu.yaml")
     p.add_argument("--masks", nargs="+", choices=sorted(MASKS), default=["mcar60"])
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
