@@ -51,6 +51,9 @@ class MIRI(LightningModule):
             is skipped: no optimiser or EMA update. This many in a row stop
             the run; the files on disk stay those of the last finished round.
         solver: how the re-imputation ODE is solved.
+        channels_last: keep weights and activations in NHWC layout, which the
+            convolution kernels prefer (measured on a CPU: training steps 9 %
+            and solves 10 % faster, docs/performance.md).
         seed: seed of the network initialisation and of the training draws
             (partners, tau), which depend only on (seed, epoch, rank) so that a
             resumed run draws what an uninterrupted one would. (Dropout, off
@@ -68,6 +71,7 @@ class MIRI(LightningModule):
         ema_decay: float = 0.999,
         max_bad_steps: int = 3,
         solver: Union[SolverConfig, dict] = SolverConfig(),
+        channels_last: bool = True,
         seed: int = 0,
         image_shape: Optional[tuple[int, int, int]] = None,
     ):
@@ -85,7 +89,7 @@ class MIRI(LightningModule):
         self.save_hyperparameters(
             {"net": asdict(net), "lr": lr, "weight_decay": weight_decay, "warmup_steps": warmup_steps,
              "final_lr_ratio": final_lr_ratio, "ema_decay": ema_decay, "max_bad_steps": max_bad_steps,
-             "solver": asdict(solver), "seed": seed, "image_shape": image_shape}
+             "solver": asdict(solver), "channels_last": channels_last, "seed": seed, "image_shape": image_shape}
         )
         self.net_config, self.solver = net, solver
         self.velocity: Optional[VelocityUNet] = None
@@ -106,9 +110,14 @@ class MIRI(LightningModule):
         self.hparams["image_shape"] = shape
         self.velocity = VelocityUNet(channels, height, self.net_config)
         self.velocity.reset_parameters(seed=self.hparams.seed)
+        self.velocity.to(memory_format=self.memory_format)
         self.ema = AveragedModel(self.velocity, multi_avg_fn=ema_with_warmup(self.hparams.ema_decay),
                                  use_buffers=True)
         self.ema.requires_grad_(False)
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.hparams.channels_last else torch.contiguous_format
 
     def configure_model(self) -> None:
         if self.velocity is None:
@@ -137,7 +146,7 @@ class MIRI(LightningModule):
 
     def training_step(self, batch, batch_idx):
         _, x0, m = batch
-        m = m.to(x0.dtype)
+        x0, m = x0.contiguous(memory_format=self.memory_format), m.to(x0.dtype, memory_format=self.memory_format)
         x1 = x0[derangement(len(x0), generator=self.draws)]  # partners independent of the images
         tau = torch.rand(len(x0), device=x0.device, generator=self.draws)
         a, b, target = training_pair(x0, x1, m, tau)
@@ -207,8 +216,8 @@ class MIRI(LightningModule):
         net.eval()
         out = []
         for start in range(0, len(images), batch_size):
-            z0 = images[start:start + batch_size].to(self.device, non_blocking=True)
-            m = masks[start:start + batch_size].to(self.device, non_blocking=True)
+            z0 = images[start:start + batch_size].to(self.device, non_blocking=True, memory_format=self.memory_format)
+            m = masks[start:start + batch_size].to(self.device, non_blocking=True, memory_format=self.memory_format)
             out.append(solve(net, z0, m, self.solver).cpu())
         net.train(was_training)
         return torch.cat(out) if out else images.new_empty((0, *images.shape[1:]))

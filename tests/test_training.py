@@ -122,3 +122,20 @@ def test_cosine_learning_rate_ends_at_the_final_ratio(tmp_path):
     run_cli(tmp_path, "--model.final_lr_ratio", "0.1", "--trainer.max_epochs", "2", "--rounds.epochs_per_round", "1")
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["lr_schedulers"][0]
     assert state["_last_lr"][0] == pytest.approx(3e-3 * 0.1)  # 3e-3 is TINY's lr
+
+
+def test_channels_last_changes_the_layout_not_the_imputations():
+    images = Shapes(num_images=8, image_size=16, seed=0).load().images
+    masks = MCAR(missing_rate=0.6, seed=0)(images)
+    net = {"width": 8, "channel_mults": [1, 2], "num_res_blocks": 1, "attention_resolutions": []}
+    models = {}
+    for layout in (True, False):
+        model = MIRI(net=net, solver={"method": "midpoint", "steps": 2}, channels_last=layout, image_shape=(3, 16, 16))
+        conv = next(m for m in model.velocity.modules() if isinstance(m, torch.nn.Conv2d))
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last if layout else torch.contiguous_format)
+        for p in model.ema.module.parameters():  # non-zero weights everywhere, the same for both layouts
+            p.data.copy_(torch.linspace(-0.05, 0.05, p.numel()).view(p.shape))
+        models[layout] = model.impute(images, masks, batch_size=4)
+    assert not torch.allclose(models[True], images, atol=1e-3)  # the network did move the missing entries
+    assert torch.allclose(models[True], models[False], atol=1e-5)
+    assert torch.equal(models[True][masks], images[masks])
