@@ -68,9 +68,10 @@ class MemmapStore:
         try:
             self._pending = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=tuple(like.shape))
             # Reserve every block now: on a full disk this fails with ENOSPC, where writing into
-            # a sparse mapped file later would kill the process with SIGBUS.
-            with open(path, "r+b") as f:
-                os.posix_fallocate(f.fileno(), 0, path.stat().st_size)
+            # a sparse mapped file later would kill the process with SIGBUS. (macOS has no posix_fallocate.)
+            if hasattr(os, "posix_fallocate"):
+                with open(path, "r+b") as f:
+                    os.posix_fallocate(f.fileno(), 0, path.stat().st_size)
         except OSError as err:
             raise OutputError(f"could not write the imputation state {path}: {err.strerror or err} "
                               "(the files of earlier rounds are kept)") from err
