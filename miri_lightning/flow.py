@@ -6,8 +6,10 @@ partner), m = m_i (1 = observed), tau ~ U(0, 1).
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, ContextManager, Literal, Optional
 
 import torch
 from torchdiffeq import odeint
@@ -90,3 +92,37 @@ def solve(velocity: Velocity, z0: torch.Tensor, m: torch.Tensor, solver: SolverC
         options, kwargs = {"grid_constructor": lambda *_: grid}, {}
     z1 = odeint(field, z0, span, method=solver.method, options=options, **kwargs)[-1]
     return torch.where(m.bool(), z0, z1.clamp(0.0, 1.0))
+
+
+@torch.inference_mode()
+def solve_batches(velocity: Velocity, images: torch.Tensor, masks: torch.Tensor, solver: SolverConfig,
+                  batch_size: int, device: torch.device, context: Callable[[], ContextManager] = contextlib.nullcontext,
+                  memory_format: torch.memory_format = torch.contiguous_format,
+                  on_batch: Optional[Callable[[int], None]] = None) -> tuple[torch.Tensor, int]:
+    """`solve` every image, `batch_size` at a time on `device`, each batch inside `context()` (e.g. autocast).
+
+    A batch that does not fit in the device's memory is retried in halves, so
+    a generous `batch_size` costs nothing where it does not fit. Returns the
+    float32 results on the CPU and the batch size that fitted, for the next call.
+    """
+    out, start = [], 0
+    while start < len(images):
+        part = slice(start, start + batch_size)
+        z0 = images[part].to(device, non_blocking=True, memory_format=memory_format)
+        m = masks[part].to(device, non_blocking=True, memory_format=memory_format)
+        try:
+            with context():
+                z1 = solve(velocity, z0, m, solver)
+        except torch.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+            del z0, m
+            torch.cuda.empty_cache()
+            batch_size //= 2
+            warnings.warn(f"the ODE solve ran out of device memory; retrying with {batch_size} images at a time")
+            continue
+        out.append(z1.float().cpu())
+        start += len(z1)
+        if on_batch is not None:
+            on_batch(len(z1))
+    return (torch.cat(out) if out else images.new_empty((0, *images.shape[1:]))), batch_size

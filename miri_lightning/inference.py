@@ -24,7 +24,7 @@ from .baselines import initial_fill
 from .checkpoints import miri_state, read_checkpoint
 from .data.checks import images_without_observed
 from .errors import DataError
-from .flow import SolverConfig, solve
+from .flow import SolverConfig, solve_batches
 from .io import atomic_path
 from .models.unet import UNetConfig, VelocityUNet
 
@@ -143,19 +143,11 @@ class MIRIImputer:
 
     def _chain(self, z: torch.Tensor, masks: torch.Tensor, solver: SolverConfig, batch_size: int, bar) -> torch.Tensor:
         """Apply v_1 ... v_T in order, each to the whole set."""
+        dtype = PRECISIONS[self.precision]
+        context = ((lambda: torch.autocast(self.device.type, dtype=dtype)) if dtype != torch.float32
+                   else contextlib.nullcontext)
         for weights in self.round_weights:
             self.net.load_state_dict({k: v.float() for k, v in weights.items()})
-            for start in range(0, len(z), batch_size):
-                part = slice(start, start + batch_size)
-                z[part] = self._solve(z[part], masks[part], solver)
-                bar.update(len(z[part]))
+            z, batch_size = solve_batches(self.net, z, masks, solver, batch_size, self.device, context,
+                                          on_batch=bar.update)
         return z
-
-    @torch.inference_mode()
-    def _solve(self, z0: torch.Tensor, m: torch.Tensor, solver: SolverConfig) -> torch.Tensor:
-        dtype = PRECISIONS[self.precision]
-        autocast = (torch.autocast(self.device.type, dtype=dtype) if dtype != torch.float32
-                    else contextlib.nullcontext())
-        with autocast:
-            z1 = solve(self.net, z0.to(self.device), m.to(self.device), solver)
-        return z1.float().cpu()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict
 from typing import Optional, Union
@@ -13,7 +14,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from .checkpoints import CHECKPOINT_FORMAT
 from .errors import ConfigError, TrainingError
-from .flow import SolverConfig, derangement, missing_mse, solve, training_pair
+from .flow import SolverConfig, derangement, missing_mse, solve_batches, training_pair
 from .models.unet import UNetConfig, VelocityUNet
 
 
@@ -98,6 +99,7 @@ class MIRI(LightningModule):
         self.round_start_step = 0
         self.bad_steps = 0  # bad steps in a row
         self.skip_batch = self.skip_update = False
+        self.solve_fits = 2**62  # the largest solve batch known to fit in device memory
         if image_shape is not None:
             self._build(tuple(image_shape))
 
@@ -208,19 +210,20 @@ class MIRI(LightningModule):
 
     # -- imputation -------------------------------------------------------
 
-    @torch.inference_mode()
     def impute(self, images: torch.Tensor, masks: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-        """One solve of the current round's ODE with the EMA weights, in batches; returns CPU tensors."""
+        """One solve of the current round's ODE with the EMA weights, in batches; returns CPU tensors.
+
+        The solve runs in the trainer's precision (e.g. bf16 autocast under
+        `trainer.precision: bf16-mixed`); observed entries are copied, not computed.
+        """
         net = self.ema.module
         was_training = net.training
         net.eval()
-        out = []
-        for start in range(0, len(images), batch_size):
-            z0 = images[start:start + batch_size].to(self.device, non_blocking=True, memory_format=self.memory_format)
-            m = masks[start:start + batch_size].to(self.device, non_blocking=True, memory_format=self.memory_format)
-            out.append(solve(net, z0, m, self.solver).cpu())
+        context = self.trainer.precision_plugin.forward_context if self._trainer else contextlib.nullcontext
+        out, self.solve_fits = solve_batches(net, images, masks, self.solver, min(batch_size, self.solve_fits),
+                                             self.device, context, self.memory_format)
         net.train(was_training)
-        return torch.cat(out) if out else images.new_empty((0, *images.shape[1:]))
+        return out
 
     # -- checkpoint -------------------------------------------------------
 
