@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
@@ -43,6 +44,35 @@ class LoggingConfig:
     backend: Literal["wandb", "tensorboard", "csv"] = "wandb"
     project: str = "miri-lightning"
     name: Optional[str] = None
+
+
+def native_bf16(accelerator) -> bool:
+    """Whether `accelerator` (a `trainer.accelerator` value) computes bf16 in hardware.
+
+    GPUs from Ampere on and x86 CPUs with AVX512-BF16 or AMX do; elsewhere
+    bf16 is emulated and slower than float32.
+    """
+    if not isinstance(accelerator, str):
+        return False
+    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if accelerator == "auto" and torch.backends.mps.is_available():
+        return False  # "auto" picks the Apple GPU
+    if accelerator in ("auto", "cpu"):
+        # torch.cpu's probes are private: a torch without them counts as no bf16.
+        probes = (getattr(torch.cpu, name, lambda: False) for name in ("_is_avx512_bf16_supported",
+                                                                      "_is_amx_tile_supported"))
+        return torch.backends.mkldnn.is_available() and any(probe() for probe in probes)
+    return False
+
+
+def default_precision(accelerator) -> str:
+    """`trainer.precision` when the config leaves it unset: bf16 autocast where it is native, else float32.
+
+    Measured on an AVX512-BF16 CPU: training 1.5x and re-imputation 1.7x the
+    images/s of float32, at the same MMD (docs/performance.md).
+    """
+    return "bf16-mixed" if native_bf16(accelerator) else "32-true"
 
 
 def wandb_has_key() -> bool:
@@ -103,6 +133,8 @@ class MIRICLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        if config["trainer"].get("precision") is None:
+            kwargs["precision"] = default_precision(config["trainer"].get("accelerator", "auto"))
         if config["trainer"].get("logger") is None:
             kwargs["logger"] = make_logger(config["logging"], config["trainer"]["default_root_dir"])
         trainer = super().instantiate_trainer(**kwargs)

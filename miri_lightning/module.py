@@ -55,6 +55,11 @@ class MIRI(LightningModule):
         channels_last: keep weights and activations in NHWC layout, which the
             convolution kernels prefer (measured on a CPU: training steps 9 %
             and solves 10 % faster, docs/performance.md).
+        compile: `torch.compile` the velocity field and its EMA copy (the
+            first steps and solves then take a while to compile; on a CPU
+            slower in all, see docs/performance.md).
+        fused_adamw: AdamW's fused kernel, one launch per step instead of
+            several per parameter group.
         seed: seed of the network initialisation and of the training draws
             (partners, tau), which depend only on (seed, epoch, rank) so that a
             resumed run draws what an uninterrupted one would. (Dropout, off
@@ -73,6 +78,8 @@ class MIRI(LightningModule):
         max_bad_steps: int = 3,
         solver: Union[SolverConfig, dict] = SolverConfig(),
         channels_last: bool = True,
+        compile: bool = False,
+        fused_adamw: bool = True,
         seed: int = 0,
         image_shape: Optional[tuple[int, int, int]] = None,
     ):
@@ -90,7 +97,8 @@ class MIRI(LightningModule):
         self.save_hyperparameters(
             {"net": asdict(net), "lr": lr, "weight_decay": weight_decay, "warmup_steps": warmup_steps,
              "final_lr_ratio": final_lr_ratio, "ema_decay": ema_decay, "max_bad_steps": max_bad_steps,
-             "solver": asdict(solver), "channels_last": channels_last, "seed": seed, "image_shape": image_shape}
+             "solver": asdict(solver), "channels_last": channels_last, "compile": compile,
+             "fused_adamw": fused_adamw, "seed": seed, "image_shape": image_shape}
         )
         self.net_config, self.solver = net, solver
         self.velocity: Optional[VelocityUNet] = None
@@ -116,6 +124,9 @@ class MIRI(LightningModule):
         self.ema = AveragedModel(self.velocity, multi_avg_fn=ema_with_warmup(self.hparams.ema_decay),
                                  use_buffers=True)
         self.ema.requires_grad_(False)
+        if self.hparams.compile:  # in place: state_dict keys stay those of the plain modules
+            self.velocity.compile()
+            self.ema.module.compile()
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -196,7 +207,7 @@ class MIRI(LightningModule):
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.velocity.parameters(), lr=self.hparams.lr,
-                                      weight_decay=self.hparams.weight_decay)
+                                      weight_decay=self.hparams.weight_decay, fused=self.hparams.fused_adamw)
         warmup = max(1, self.hparams.warmup_steps)
         total = max(1, self.trainer.estimated_stepping_batches)
         low = self.hparams.final_lr_ratio

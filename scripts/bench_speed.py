@@ -2,17 +2,23 @@
 
     python scripts/bench_speed.py --config configs/quickstart.yaml --baseline configs/paper.yaml \
         --target-mmd 1e-3 --budget 1800 -- --trainer.accelerator cpu
+    python scripts/bench_speed.py --levers -- --trainer.accelerator cpu     # each speed option off and on
 
 Every figure comes from real `train.py` runs and their rounds.jsonl:
 
-- throughput: one short round per config (`--epochs` epochs of training,
-  then one full re-imputation): training images/s (forward, backward,
-  optimiser and EMA step, data loading included), re-imputation images/s
-  (a full ODE solve of the collection) and peak memory (GPU: allocated; CPU:
-  the process's resident set);
+- throughput: `--rounds` short rounds per config (`--epochs` epochs of
+  training, then one full re-imputation), figures of the last, warm round
+  (compilation and first-call costs are in round 1): training images/s
+  (forward, backward, optimiser and EMA step, data loading included),
+  re-imputation images/s (a full ODE solve of the collection), peak memory
+  (GPU: allocated; CPU: the process's resident set), and the TFLOP/s these
+  rates mean for the U-Net (its FLOPs counted by torch's FlopCounterMode);
+  with `--peak-tflops`, the share of the device's peak;
 - time to quality: each config run as it is, until a round's MMD is at or
   below `--target-mmd`, or `--budget` seconds of training and re-imputation
-  have passed (then the ratio is a lower bound).
+  have passed (then the ratio is a lower bound);
+- `--levers`: instead of the baseline, `--config` with each speed option
+  off and on (alternating runs), and the on/off ratios.
 
 The baseline runs on the data and masks of `--config` (its own `data.source`
 and `data.mask` are replaced); its recipe (fill, network, solver) is its own.
@@ -30,9 +36,25 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 import yaml
+from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from miri_lightning.cli import build_cli  # noqa: E402
+
+# Each speed option, as train.py overrides (off, on).
+LEVERS = {
+    "bf16 autocast": (["--trainer.precision", "32-true"], ["--trainer.precision", "bf16-mixed"]),
+    "channels_last": (["--model.channels_last", "false"], ["--model.channels_last", "true"]),
+    "fused AdamW": (["--model.fused_adamw", "false"], ["--model.fused_adamw", "true"]),
+    "torch.compile": (["--model.compile", "false"], ["--model.compile", "true"]),
+    "state on the device": (["--data.on_device", "false"], ["--data.on_device", "true"]),
+}
+# Network evaluations per step of each fixed-step solver.
+EVALUATIONS = {"euler": 1, "midpoint": 2, "rk4": 4}
 QUIET = ["--logging.backend", "csv", "--trainer.enable_progress_bar", "false",
          "--trainer.enable_model_summary", "false"]
 
@@ -59,12 +81,57 @@ def train(config: Path, overrides: list[str], budget: float | None = None) -> li
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def throughput(config: Path, data: list[str], epochs: int, extra: list[str]) -> dict:
-    """One round of `epochs` training epochs and one re-imputation; rounds.jsonl's round 1."""
-    first = train(config, [*data, "--trainer.max_epochs", str(epochs), "--rounds.epochs_per_round", str(epochs),
-                           "--rounds.mi_steps", "0", *extra])[1]
+def throughput(config: Path, data: list[str], epochs: int, rounds: int, extra: list[str]) -> dict:
+    """`rounds` rounds of `epochs` training epochs and one re-imputation each; the last round's figures."""
+    last = train(config, [*data, "--trainer.max_epochs", str(epochs * rounds), "--rounds.epochs_per_round",
+                          str(epochs), "--rounds.mi_steps", "0", *extra])[-1]
     keys = ("train_images_per_second", "impute_images_per_second", "peak_memory_gb")
-    return {key: round(first[key], 3) for key in keys}
+    return {key: round(last[key], 3) for key in keys}
+
+
+def flops_per_image(config: Path, data: list[str], extra: list[str]) -> dict:
+    """FLOPs of the config's U-Net per image: a training step (forward and backward) and a full solve."""
+    with tempfile.TemporaryDirectory() as run_dir:
+        cli = build_cli(["--config", str(config), *QUIET, "--trainer.default_root_dir", run_dir, *data, *extra])
+    model = cli.model
+    model._build(tuple(cli.datamodule.image_shape))
+    x = torch.rand(2, *model.hparams.image_shape)
+    m, tau = (torch.rand_like(x) > 0.5).float(), torch.rand(2)
+    with FlopCounterMode(display=False) as counter:
+        model.velocity(x, x, m, tau).square().mean().backward()
+    train = counter.get_total_flops() / 2
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model.velocity(x, x, m, tau)
+    solver = model.solver
+    evaluations = EVALUATIONS.get(solver.method, 0) * solver.steps  # dopri5: adaptive, not counted
+    return {"train": train, "solve": counter.get_total_flops() / 2 * evaluations}
+
+
+def with_tflops(figures: dict, flops: dict, peak: float | None) -> dict:
+    """Throughput figures plus the TFLOP/s they mean (and the share of `peak` TFLOP/s)."""
+    out = dict(figures)
+    for kind, key in (("train", "train_images_per_second"), ("solve", "impute_images_per_second")):
+        if flops[kind]:
+            out[f"{kind}_tflops"] = round(figures[key] * flops[kind] / 1e12, 4)
+            if peak:
+                out[f"{kind}_share_of_peak"] = round(out[f"{kind}_tflops"] / peak, 4)
+    return out
+
+
+def levers(config: Path, data: list[str], args, extra: list[str]) -> dict:
+    """Each lever off and on, alternating, `--repeats` times; mean figures and on/off ratios."""
+    results = {}
+    for name, settings in LEVERS.items():
+        runs = {"off": [], "on": []}
+        for _ in range(args.repeats):
+            for state, overrides in zip(runs, settings):
+                runs[state].append(throughput(config, data, args.epochs, args.rounds, [*extra, *overrides]))
+        mean = {state: {key: round(sum(r[key] for r in rs) / len(rs), 3) for key in rs[0]} for state, rs in runs.items()}
+        results[name] = {**mean, "runs": runs, "ratios": {
+            key: round(mean["on"][key] / mean["off"][key], 3)
+            for key in ("train_images_per_second", "impute_images_per_second", "peak_memory_gb")}}
+        print(json.dumps({name: results[name]["ratios"]}), flush=True)
+    return results
 
 
 def time_to_quality(config: Path, data: list[str], target: float, budget: float, extra: list[str]) -> dict:
@@ -84,18 +151,28 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, default=ROOT / "configs" / "quickstart.yaml")
     p.add_argument("--baseline", type=Path, default=ROOT / "configs" / "paper.yaml")
-    p.add_argument("--epochs", type=int, default=3, help="training epochs of the throughput round")
+    p.add_argument("--epochs", type=int, default=3, help="training epochs of each throughput round")
+    p.add_argument("--rounds", type=int, default=2, help="throughput rounds; the last one is measured")
+    p.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s, for the share reached")
     p.add_argument("--target-mmd", type=float, default=1e-3)
     p.add_argument("--budget", type=float, default=1800, help="seconds per config for time to quality")
     p.add_argument("--skip-quality", action="store_true", help="throughput and memory only")
+    p.add_argument("--levers", action="store_true", help="each speed option of --config off and on")
+    p.add_argument("--repeats", type=int, default=1, help="off/on pairs per lever")
     p.add_argument("--out", type=Path, default=Path("bench_speed.json"))
-    p.add_argument("overrides", nargs="*", help="train.py overrides for both runs, after --")
+    p.add_argument("overrides", nargs="*", help="train.py overrides for every run, after --")
     args = p.parse_args()
     data = same_data(args.config)
+    if args.levers:
+        args.out.write_text(json.dumps({"config": str(args.config), "overrides": args.overrides,
+                                        "levers": levers(args.config, data, args, args.overrides)}, indent=1))
+        return
     runs = {"ours": args.config, "baseline": args.baseline}
     results = {name: {"config": str(path)} for name, path in runs.items()}
     for name, path in runs.items():
-        results[name]["throughput"] = throughput(path, data, args.epochs, args.overrides)
+        figures = throughput(path, data, args.epochs, args.rounds, args.overrides)
+        results[name]["throughput"] = with_tflops(figures, flops_per_image(path, data, args.overrides),
+                                                  args.peak_tflops)
         print(json.dumps({name: results[name]}), flush=True)
     if not args.skip_quality:
         for name, path in runs.items():

@@ -28,6 +28,8 @@ TINY = [
     "--rounds.mi_steps", "10",
     "--rounds.grid_images", "4",
     "--logging.backend", "csv",
+    # float32 whatever the machine: left unset, the precision would follow its bf16 support.
+    "--trainer.precision", "32-true",
     "--trainer.enable_progress_bar", "false",
     "--trainer.enable_model_summary", "false",
 ]

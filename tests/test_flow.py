@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from miri_lightning.errors import ConfigError
-from miri_lightning.flow import SolverConfig, derangement, missing_mse, solve, training_pair
+from miri_lightning.flow import SolverConfig, derangement, missing_mse, solve, solve_batches, training_pair
 
 SOLVERS = [SolverConfig(method=m, steps=5) for m in ("euler", "midpoint", "rk4", "dopri5")]
 
@@ -84,3 +84,19 @@ def test_solver_config_rejects_bad_values():
         SolverConfig(steps=0)
     with pytest.raises(ConfigError, match="rtol"):
         SolverConfig(rtol=0)
+
+
+def test_a_solve_batch_that_runs_out_of_memory_is_retried_in_halves():
+    x0, _, m = _batch(n=7)
+
+    def velocity(a, b, m, tau):  # fits at most 3 images, like a device that is too small
+        if len(a) > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return (0.5 - a) * tau.view(-1, 1, 1, 1)
+
+    expected = solve(velocity, x0[:3], m[:3])
+    with pytest.warns(UserWarning, match="retrying with 2 images"):
+        out, fits = solve_batches(velocity, x0, m, SolverConfig(), batch_size=8, device=torch.device("cpu"))
+    assert fits == 2
+    assert torch.allclose(out[:3], expected) and out.shape == x0.shape
+    assert torch.equal(out[m.bool()], x0[m.bool()])

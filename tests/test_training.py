@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, read_imputations, read_rounds, run_cli
+from conftest import ROOT, TINY, read_imputations, read_rounds, run_cli
 from miri_lightning.cli import MIRICLI, main
 from miri_lightning.data.datamodule import MaskedImageDataModule
 from miri_lightning.data.masks import MCAR
@@ -139,3 +139,55 @@ def test_channels_last_changes_the_layout_not_the_imputations():
     assert not torch.allclose(models[True], images, atol=1e-3)  # the network did move the missing entries
     assert torch.allclose(models[True], models[False], atol=1e-5)
     assert torch.equal(models[True][masks], images[masks])
+
+
+def test_state_on_the_device_trains_exactly_as_the_dataloader_does_and_resumes(tmp_path):
+    rounds = ["--trainer.max_epochs", "2", "--rounds.epochs_per_round", "1"]
+    loader = run_cli(tmp_path / "loader", *rounds, "--data.on_device", "false")
+    resident = run_cli(tmp_path / "resident", *rounds, "--data.on_device", "true")
+    assert torch.equal(read_imputations(resident)[0], read_imputations(loader)[0])
+    resumed = run_cli(tmp_path / "resumed", *rounds, "--data.on_device", "true",
+                      "--ckpt_path", str(resident / "checkpoints" / "round001.ckpt"))
+    assert torch.equal(read_imputations(resumed)[0], read_imputations(loader)[0])
+
+
+def test_bf16_autocast_trains_and_solves_in_bf16_and_keeps_the_observed_entries(tmp_path):
+    one_round = ["--trainer.max_epochs", "1", "--rounds.epochs_per_round", "1"]
+    fp32 = run_cli(tmp_path / "fp32", *one_round)
+    bf16 = run_cli(tmp_path / "bf16", *one_round, "--trainer.precision", "bf16-mixed")
+    (low, masks), (high, _) = read_imputations(bf16), read_imputations(fp32)
+    assert torch.equal(low[masks], high[masks])
+    assert not torch.equal(low, high)  # the bf16 rounding did reach the imputations
+    assert (low - high).abs().max() < 0.1 and torch.isfinite(low).all()
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_precision_left_unset_follows_the_hardware(bf16, tmp_path, monkeypatch):
+    from miri_lightning import cli
+
+    monkeypatch.setattr(cli, "native_bf16", lambda accelerator: bf16)
+    at = TINY.index("--trainer.precision")
+    unset = [*TINY[:at], *TINY[at + 2:], "--trainer.default_root_dir", str(tmp_path)]
+    built = cli.build_cli(unset)
+    assert type(built.trainer.precision_plugin).__name__ == ("MixedPrecision" if bf16 else "Precision")
+    pinned = cli.build_cli([*unset, "--trainer.precision", "32-true"])
+    assert type(pinned.trainer.precision_plugin).__name__ == "Precision"
+
+
+def assert_same_up_to_rounding(got: Path, expected: Path) -> None:
+    (new, masks), old = read_imputations(got), read_imputations(expected)[0]
+    assert torch.equal(new[masks], old[masks])
+    diff = (new - old).abs()  # float rounding only: a round or two of training does not amplify it much
+    assert diff.max() < 0.02 and diff.mean() < 1e-3
+
+
+def test_unfused_adamw_gives_the_same_imputations(two_round_run, tmp_path):
+    assert_same_up_to_rounding(run_cli(tmp_path, *TWO_ROUNDS, "--model.fused_adamw", "false"), two_round_run)
+
+
+def test_compiled_velocity_gives_the_same_imputations(tmp_path):
+    one_round = ["--trainer.max_epochs", "1", "--rounds.epochs_per_round", "1", "--rounds.mi_steps", "0"]
+    compiled = run_cli(tmp_path / "compiled", *one_round, "--model.compile", "true")
+    ckpt = torch.load(compiled / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert not any("_orig_mod" in key for key in ckpt["state_dict"])  # loadable without compiling
+    assert_same_up_to_rounding(compiled, run_cli(tmp_path / "eager", *one_round))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional, Union
 
 import torch
 from jsonargparse import lazy_instance
@@ -42,9 +42,33 @@ class ImputationBatches(Dataset):
         return self.__getitems__([i])
 
 
+class IndexBatches(Dataset):
+    """Only the indices of a batch: its images and masks are read on the device (`on_device`)."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitems__(self, indices: list[int]) -> torch.Tensor:
+        return torch.as_tensor(indices)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.__getitems__([i])
+
+
 def _whole_batch(batch):
     """`__getitems__` already returns a collated batch."""
     return batch
+
+
+# `on_device: auto` keeps the state on a GPU when it takes at most this share of the GPU's free memory.
+AUTO_ON_DEVICE_SHARE = 0.25
+
+
+def state_bytes(imputations: torch.Tensor, masks: torch.Tensor) -> int:
+    return imputations.numel() * imputations.element_size() + masks.numel() * masks.element_size()
 
 
 class MaskedImageDataModule(LightningDataModule):
@@ -69,6 +93,11 @@ class MaskedImageDataModule(LightningDataModule):
             quarter of its memory.
         state_dir: node-local folder for `memmap` files (default: the run
             folder's `state/`); each node writes its own `node<k>/` copy.
+        on_device: also keep the imputations and masks in the accelerator's
+            memory and read each batch there, so that a training step moves
+            only the batch's indices from the host (`num_workers` is then
+            unused). `auto`: on a GPU whose free memory is at least four
+            times what they take.
     """
 
     def __init__(
@@ -81,6 +110,7 @@ class MaskedImageDataModule(LightningDataModule):
         seed: int = 0,
         state: StateMode = "auto",
         state_dir: Optional[str] = None,
+        on_device: Union[bool, Literal["auto"]] = "auto",
     ):
         super().__init__()
         if batch_size < 2:
@@ -89,7 +119,8 @@ class MaskedImageDataModule(LightningDataModule):
             raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
         self.source, self.mask = source, mask
         self.init_fill, self.batch_size, self.num_workers, self.seed = init_fill, batch_size, num_workers, seed
-        self.state, self.state_dir = state, state_dir
+        self.state, self.state_dir, self.on_device = state, state_dir, on_device
+        self.resident: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (imputations, masks) on the device
         self.store: Optional[MemmapStore] = None  # set when the state is memory-mapped
         self._batches: Optional[ImputationBatches] = None
         self.truth: Optional[torch.Tensor] = None
@@ -199,25 +230,51 @@ class MaskedImageDataModule(LightningDataModule):
             self.imputations = self.store.commit(round_file(self.round + 1))
             if self._batches is not None:  # workers start afresh each epoch and copy this
                 self._batches.imputations = self.imputations
+        if self.resident is not None:
+            self.resident[0].copy_(self.imputations)
         self.round += 1
 
     # -- batches ----------------------------------------------------------
 
     def train_dataloader(self) -> DataLoader:
-        dataset = self._batches = ImputationBatches(self.imputations, self.masks)
+        self.resident = self._make_resident()
+        if self.resident is None:
+            dataset = self._batches = ImputationBatches(self.imputations, self.masks)
+        else:
+            dataset = IndexBatches(len(self.masks))
         # This rank's share, shuffled by (seed, epoch) only, so a resumed run draws the
         # same batches; Lightning calls set_epoch and leaves a DistributedSampler as it is.
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        workers = self.num_workers if self.resident is None else 0
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             sampler=DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed),
             collate_fn=_whole_batch,
             drop_last=True,
-            num_workers=self.num_workers,
+            num_workers=workers,
             # Memory-mapped rounds are new files: workers must restart to map the new one.
-            persistent_workers=self.num_workers > 0 and self.store is None,
+            persistent_workers=workers > 0 and self.store is None,
         )
+
+    def _make_resident(self) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """Device copies of the imputations and masks, when `on_device` asks for them (after any resume)."""
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        wanted = self.on_device
+        if wanted == "auto":
+            wanted = device.type == "cuda" and (
+                state_bytes(self.imputations, self.masks) <= AUTO_ON_DEVICE_SHARE * torch.cuda.mem_get_info(device)[0]
+            )
+        if not wanted:
+            return None
+        return self.imputations.to(device, copy=True), self.masks.to(device, copy=True)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """With the state on the device, a batch arrives as indices: read its images and masks there."""
+        if self.resident is None:
+            return batch
+        imputations, masks = self.resident
+        return batch, imputations[batch], masks[batch]
 
     # -- checkpoint state -----------------------------------------------
 
@@ -246,3 +303,5 @@ class MaskedImageDataModule(LightningDataModule):
             self.imputations.copy_(saved)
         else:
             self.imputations = self.store.save(round_file(self.round), saved)
+        if self.resident is not None:
+            self.resident[0].copy_(self.imputations)
