@@ -9,7 +9,9 @@ class DumpState(Callback):
 
     def on_train_end(self, trainer, pl_module):
         dm = trainer.datamodule
-        torch.save({"imputations": dm.imputations.clone(), "masks": dm.masks.clone(), "round": dm.round},
+        resident = None if dm.resident is None else dm.resident[0].cpu()
+        torch.save({"imputations": dm.imputations.clone(), "masks": dm.masks.clone(), "round": dm.round,
+                    "resident": resident},
                    f"{trainer.default_root_dir}/state_rank{trainer.global_rank}.pt")
 
 

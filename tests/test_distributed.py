@@ -86,6 +86,17 @@ def test_memory_mapped_state_is_one_file_shared_by_both_ranks(ddp_run, tmp_path)
     assert torch.equal(states[0]["imputations"], expected)  # the same run as with the state in memory
 
 
+def test_state_on_the_device_gives_every_rank_the_same_collection_as_the_dataloader(ddp_run, tmp_path):
+    run = tmp_path / "on_device"
+    done = train(run, "--data.on_device", "true", "--trainer.callbacks+=ddp_probe.DumpState")
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = torch.load(ddp_run / "state_rank0.pt", weights_only=True)["imputations"]
+    for rank in (0, 1):
+        state = torch.load(run / f"state_rank{rank}.pt", weights_only=True)
+        assert torch.equal(state["imputations"], expected)
+        assert torch.equal(state["resident"], expected)  # the device copy followed every round
+
+
 def test_two_nodes_under_torchrun_each_keep_their_own_state_copy(ddp_run, tmp_path):
     """Two torchrun "nodes" of one process each, on this machine, with memory-mapped state."""
     run = tmp_path / "nodes"
