@@ -224,6 +224,17 @@ def test_image_folder_png_and_jpeg_in_name_order(tmp_path):
     assert ImageFolder(tmp_path, num_images=2).load().images.shape == (2, 3, 6, 8)
 
 
+def test_image_folder_turns_photos_by_their_exif_orientation(tmp_path):
+    pixels = np.zeros((6, 8, 3), np.uint8)
+    pixels[:, :4] = 255  # left half white, as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: shown turned 90 degrees clockwise, so the left half becomes the top
+    Image.fromarray(pixels).save(tmp_path / "phone.jpg", quality=95, exif=exif)
+    image = ImageFolder(tmp_path).load().images[0]
+    assert image.shape == (3, 8, 6)
+    assert image[:, :4].min() > 0.9 and image[:, 4:].max() < 0.1
+
+
 def test_image_folder_mixed_sizes_list_sizes_and_files(tmp_path):
     for name, shape in [("a.png", (6, 8, 3)), ("b.png", (6, 8, 3)), ("c.png", (7, 8, 3)), ("d.png", (6, 8))]:
         _save(tmp_path / name, np.zeros(shape, np.uint8))

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
-from PIL import Image
+from PIL import Image, ImageOps
 
 from miri_lightning.data.checks import check_binary, check_unit_range, first_index, shorten
 from miri_lightning.errors import ConfigError, DataError
@@ -82,7 +82,8 @@ def read_image(path: Path, mode: str) -> Image.Image:
     try:
         with Image.open(path) as image:
             image.load()  # decodes the whole file, so truncated files fail here
-            return _to_8bit(image).convert(mode)
+            # Phone photos store pixels unrotated plus an EXIF orientation: turn them as viewers show them.
+            return _to_8bit(ImageOps.exif_transpose(image)).convert(mode)
     # PIL's decoders signal corrupt data with many exception types (struct.error, IndexError, EOFError, ...), and
     # DecompressionBombError for absurd sizes in a header; any of them means this file cannot be used.
     except Exception as err:
