@@ -54,8 +54,8 @@ class MaskMechanism(ABC):
 
 
 def _require(ok: bool, owner: str, name: str, expected: str, value: object) -> None:
-    if not ok:
-        raise ConfigError(f"{owner}: {name} must be {expected}, got {value!r}")
+    if not ok:  # named as the config key: mechanisms are built from `data.mask`
+        raise ConfigError(f"data.mask.{name} ({owner}) must be {expected}, got {value!r}")
 
 
 def _check_missing_rate(owner: str, value: float) -> None:
