@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+from lightning.pytorch.plugins import Precision
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from .callbacks import MIRIRounds, RoundProgressBar
@@ -66,13 +67,23 @@ def native_bf16(accelerator) -> bool:
     return False
 
 
-def default_precision(accelerator) -> str:
+def default_precision(accelerator, strategy="auto") -> str:
     """`trainer.precision` when the config leaves it unset: bf16 autocast where it is native, else float32.
 
-    Measured on an AVX512-BF16 CPU: training 1.5x and re-imputation 1.7x the
-    images/s of float32, at the same MMD (docs/performance.md).
+    Measured on an AVX512-BF16 CPU: training 1.43x and re-imputation 1.56x
+    the images/s of float32, at the same MMD (docs/performance.md). Forking
+    strategies get float32: asking a GPU about bf16 would initialise CUDA
+    before the fork, which they cannot survive.
     """
+    if isinstance(strategy, str) and strategy.startswith(("ddp_fork", "ddp_notebook")):
+        return "32-true"
     return "bf16-mixed" if native_bf16(accelerator) else "32-true"
+
+
+def has_precision_plugin(plugins) -> bool:
+    """Whether `trainer.plugins` already sets the precision (Lightning refuses it twice)."""
+    plugins = plugins if isinstance(plugins, (list, tuple)) else [plugins]
+    return any(isinstance(plugin, Precision) for plugin in plugins)
 
 
 def wandb_has_key() -> bool:
@@ -133,8 +144,9 @@ class MIRICLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs):
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init
-        if config["trainer"].get("precision") is None:
-            kwargs["precision"] = default_precision(config["trainer"].get("accelerator", "auto"))
+        if config["trainer"].get("precision") is None and not has_precision_plugin(config["trainer"].get("plugins")):
+            kwargs["precision"] = default_precision(config["trainer"].get("accelerator", "auto"),
+                                                    config["trainer"].get("strategy", "auto"))
         if config["trainer"].get("logger") is None:
             kwargs["logger"] = make_logger(config["logging"], config["trainer"]["default_root_dir"])
         trainer = super().instantiate_trainer(**kwargs)

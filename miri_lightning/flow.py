@@ -105,18 +105,21 @@ def solve_batches(velocity: Velocity, images: torch.Tensor, masks: torch.Tensor,
     a generous `batch_size` costs nothing where it does not fit. Returns the
     float32 results on the CPU and the batch size that fitted, for the next call.
     """
+    if batch_size < 1:
+        raise ConfigError(f"the solve's batch size must be >= 1, got {batch_size}")
     out, start = [], 0
     while start < len(images):
         part = slice(start, start + batch_size)
-        z0 = images[part].to(device, non_blocking=True, memory_format=memory_format)
-        m = masks[part].to(device, non_blocking=True, memory_format=memory_format)
         try:
+            z0 = images[part].to(device, non_blocking=True, memory_format=memory_format)
+            m = masks[part].to(device, non_blocking=True, memory_format=memory_format)
             with context():
                 z1 = solve(velocity, z0, m, solver)
-        except torch.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError:  # (torch.OutOfMemoryError from torch 2.5 on)
             if batch_size == 1:
                 raise
-            del z0, m
+            z1 = None
+        if z1 is None:  # outside the handler, so that the failed attempt's tensors are free to release
             torch.cuda.empty_cache()
             batch_size //= 2
             warnings.warn(f"the ODE solve ran out of device memory; retrying with {batch_size} images at a time")

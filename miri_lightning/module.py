@@ -9,7 +9,8 @@ from typing import Optional, Union
 
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.plugins import MixedPrecision
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.optim.swa_utils import AveragedModel
 
 from .checkpoints import CHECKPOINT_FORMAT
@@ -207,7 +208,7 @@ class MIRI(LightningModule):
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.velocity.parameters(), lr=self.hparams.lr,
-                                      weight_decay=self.hparams.weight_decay, fused=self.hparams.fused_adamw)
+                                      weight_decay=self.hparams.weight_decay, fused=self._fused_adamw())
         warmup = max(1, self.hparams.warmup_steps)
         total = max(1, self.trainer.estimated_stepping_batches)
         low = self.hparams.final_lr_ratio
@@ -218,6 +219,18 @@ class MIRI(LightningModule):
 
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def _fused_adamw(self) -> bool:
+        """`fused_adamw`, unless gradients are clipped under mixed precision.
+
+        Lightning's mixed-precision plugin will not clip for an optimiser that
+        unscales gradients itself, as the fused kernel does.
+        """
+        mixed = isinstance(self.trainer.precision_plugin, MixedPrecision)
+        if self.hparams.fused_adamw and mixed and self.trainer.gradient_clip_val:
+            rank_zero_info("MIRI: gradient clipping under mixed precision needs the unfused AdamW; using it")
+            return False
+        return self.hparams.fused_adamw
 
     # -- imputation -------------------------------------------------------
 

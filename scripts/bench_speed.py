@@ -93,8 +93,9 @@ def flops_per_image(config: Path, data: list[str], extra: list[str]) -> dict:
     """FLOPs of the config's U-Net per image: a training step (forward and backward) and a full solve."""
     with tempfile.TemporaryDirectory() as run_dir:
         cli = build_cli(["--config", str(config), *QUIET, "--trainer.default_root_dir", run_dir, *data, *extra])
+        shape = tuple(cli.datamodule.image_shape)  # loads the collection, inside the scratch folder
     model = cli.model
-    model._build(tuple(cli.datamodule.image_shape))
+    model._build(shape)
     x = torch.rand(2, *model.hparams.image_shape)
     m, tau = (torch.rand_like(x) > 0.5).float(), torch.rand(2)
     with FlopCounterMode(display=False) as counter:

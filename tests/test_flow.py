@@ -91,7 +91,7 @@ def test_a_solve_batch_that_runs_out_of_memory_is_retried_in_halves():
 
     def velocity(a, b, m, tau):  # fits at most 3 images, like a device that is too small
         if len(a) > 3:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return (0.5 - a) * tau.view(-1, 1, 1, 1)
 
     expected = solve(velocity, x0[:3], m[:3])
@@ -100,3 +100,5 @@ def test_a_solve_batch_that_runs_out_of_memory_is_retried_in_halves():
     assert fits == 2
     assert torch.allclose(out[:3], expected) and out.shape == x0.shape
     assert torch.equal(out[m.bool()], x0[m.bool()])
+    with pytest.raises(ConfigError, match="batch size must be >= 1, got 0"):
+        solve_batches(velocity, x0, m, SolverConfig(), batch_size=0, device=torch.device("cpu"))

@@ -174,6 +174,23 @@ def test_precision_left_unset_follows_the_hardware(bf16, tmp_path, monkeypatch):
     assert type(pinned.trainer.precision_plugin).__name__ == "Precision"
 
 
+def test_precision_set_by_a_plugin_is_left_alone(tmp_path):
+    from miri_lightning import cli
+
+    at = TINY.index("--trainer.precision")
+    plugin = '{"class_path": "lightning.pytorch.plugins.MixedPrecision", "init_args": {"precision": "bf16-mixed", "device": "cpu"}}'
+    built = cli.build_cli([*TINY[:at], *TINY[at + 2:], "--trainer.default_root_dir", str(tmp_path),
+                           "--trainer.plugins", plugin])
+    assert type(built.trainer.precision_plugin).__name__ == "MixedPrecision"
+
+
+@pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
+def test_mixed_precision_with_gradient_clipping_trains_with_the_unfused_adamw(precision, tmp_path):
+    run = run_cli(tmp_path, "--trainer.precision", precision, "--trainer.gradient_clip_val", "1.0",
+                  "--trainer.max_epochs", "1", "--rounds.epochs_per_round", "1", "--rounds.mi_steps", "0")
+    assert [r["round"] for r in read_rounds(run)] == [0, 1]
+
+
 def assert_same_up_to_rounding(got: Path, expected: Path) -> None:
     (new, masks), old = read_imputations(got), read_imputations(expected)[0]
     assert torch.equal(new[masks], old[masks])

@@ -237,6 +237,7 @@ class MaskedImageDataModule(LightningDataModule):
     # -- batches ----------------------------------------------------------
 
     def train_dataloader(self) -> DataLoader:
+        self.resident = None  # a reload frees the old copy before making the new one
         self.resident = self._make_resident()
         if self.resident is None:
             dataset = self._batches = ImputationBatches(self.imputations, self.masks)
