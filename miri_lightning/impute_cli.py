@@ -116,6 +116,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = parser().parse_args(argv)
     if (args.npz is None) == (args.images is None):
         parser().error("give exactly one of --images DIR or --npz FILE")
+    for name in ("batch_size", "num_samples"):
+        if getattr(args, name) < 1:
+            parser().error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     try:
         check_output(args.out, args)
         imputer = MIRIImputer.load(args.checkpoint, device=args.device, precision=args.precision)

@@ -174,3 +174,11 @@ def test_api_errors_name_the_tensor(ckpt, held_out):
             imputer.impute(bad, masks)
     missing_nan = torch.where(masks.expand_as(images), images, torch.nan)  # NaN where missing is fine
     assert torch.isfinite(imputer.impute(missing_nan, masks)).all()
+
+
+@pytest.mark.parametrize("flag", ["--batch-size", "--num-samples"])
+def test_cli_refuses_counts_below_one(flag, ckpt, tmp_path, capsys):
+    np.savez(tmp_path / "in.npz", images=np.zeros((1, 16, 16, 3)), masks=np.ones((1, 16, 16)))
+    message = bad_run(capsys, ckpt, "--npz", tmp_path / "in.npz", "--out", tmp_path / "out.npz", flag, "0")
+    assert f"{flag} must be >= 1, got 0" in message
+    assert not (tmp_path / "out.npz").exists()
