@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .baselines import initial_fill
 from .checkpoints import miri_state, read_checkpoint
-from .data.checks import images_without_observed
+from .data.checks import check_binary, images_without_observed
 from .errors import DataError
 from .flow import SolverConfig, solve_batches
 from .io import atomic_path
@@ -105,8 +105,7 @@ class MIRIImputer:
         if not isinstance(masks, torch.Tensor) or tuple(masks.shape) not in {(n, 1, h, w), (n, c, h, w)}:
             shape = tuple(masks.shape) if isinstance(masks, torch.Tensor) else type(masks).__name__
             raise DataError(f"masks must be ({n}, 1, {h}, {w}) or ({n}, {c}, {h}, {w}) to match the images, got {shape}")
-        if not ((masks == 0) | (masks == 1)).all():
-            raise DataError("masks must hold only 0 (missing) and 1 (observed)")
+        check_binary(masks.detach().cpu().numpy(), "masks")
         masks = masks.bool().expand(n, c, h, w)
         empty = images_without_observed(masks)
         if empty:

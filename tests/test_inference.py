@@ -165,7 +165,7 @@ def test_api_errors_name_the_tensor(ckpt, held_out):
     images, masks = held_out
     with pytest.raises(DataError, match="masks must be"):
         imputer.impute(images, masks.expand(-1, 2, -1, -1))
-    with pytest.raises(DataError, match="only 0"):
+    with pytest.raises(DataError, match=r"masks must hold only 0/1 \(1 = observed\); it holds 0.5, the first at index"):
         imputer.impute(images, masks * 0.5)
     for value in (float("nan"), float("inf")):
         bad = images.clone()
