@@ -1,5 +1,7 @@
 """Test-only callbacks of the fault tests, loaded through `--trainer.callbacks+=...` (tests/ on the import path)."""
 
+from __future__ import annotations
+
 import json
 import os
 import signal
@@ -56,13 +58,14 @@ class KillAtCheckpoint(Callback):
 
 
 class PoisonWeights(Callback):
-    """Fill the trained network's weights with NaN at the start of epoch `epoch` (every loss after is NaN)."""
+    """Fill the trained network's weights with NaN at the start of epoch `epoch` (every loss after is NaN),
+    on every rank or on rank `rank` only."""
 
-    def __init__(self, epoch: int):
-        self.epoch = epoch
+    def __init__(self, epoch: int, rank: Optional[int] = None):
+        self.epoch, self.rank = epoch, rank
 
     def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == self.epoch:
+        if trainer.current_epoch == self.epoch and self.rank in (None, trainer.global_rank):
             with torch.no_grad():
                 for p in pl_module.velocity.parameters():
                     p.fill_(float("nan"))

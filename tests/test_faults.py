@@ -215,6 +215,15 @@ def test_nan_losses_in_a_row_stop_the_run_and_keep_round_one(tmp_path):
     assert_round_one_is_intact(tmp_path)
 
 
+def test_under_ddp_nan_losses_on_one_rank_stop_every_rank_and_keep_round_one(tmp_path):
+    ddp = ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
+           "--trainer.max_epochs", "2", "--rounds.epochs_per_round", "1", "--model.max_bad_steps", "2"]
+    done = train_subprocess(tmp_path, *ddp, callback("PoisonWeights", epoch=1, rank=1))
+    assert done.returncode != 0
+    assert "the training loss was NaN or infinite for 2 steps in a row (epoch 1" in done.stderr
+    assert_round_one_is_intact(tmp_path)
+
+
 def test_a_huge_learning_rate_stops_before_any_checkpoint(tmp_path):
     message = fails(tmp_path, *ARGS, "--model.lr", "1e30")
     assert "NaN or infinite for 3 steps in a row" in message and "Lower model.lr" in message
