@@ -1,0 +1,44 @@
+"""The benchmark scripts end to end on tiny runs: they run, and what they report is consistent."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, TINY, read_rounds, run_cli
+
+# TINY without its config: the scripts name their own.
+OVERRIDES = TINY[2:]
+
+
+def script(name: str, *args: str) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / name), *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_bench_speed_reports_throughput_flops_and_ratios(tmp_path):
+    out = tmp_path / "speed.json"
+    script("bench_speed.py", "--skip-quality", "--epochs", "1", "--rounds", "1", "--peak-tflops", "1",
+           "--out", out, "--", *OVERRIDES, "--trainer.accelerator", "cpu")
+    result = json.loads(out.read_text())
+    ours, base = result["ours"]["throughput"], result["baseline"]["throughput"]
+    for figures in (ours, base):
+        assert figures["train_images_per_second"] > 0 and figures["train_tflops"] > 0
+        assert figures["train_share_of_peak"] == figures["train_tflops"]  # a peak of 1 TFLOP/s
+    # TINY's 2 steps for both: Euler (2 evaluations of the network) against midpoint (4)
+    assert base["solve_tflops"] / base["impute_images_per_second"] == pytest.approx(
+        0.5 * ours["solve_tflops"] / ours["impute_images_per_second"], rel=0.01)
+    assert result["ratios"]["impute_images_per_second"] == pytest.approx(
+        ours["impute_images_per_second"] / base["impute_images_per_second"], rel=0.01)
+
+
+def test_bench_solvers_rescores_a_round_of_a_finished_run(tmp_path):
+    run = run_cli(tmp_path / "run", "--trainer.max_epochs", "2", "--rounds.epochs_per_round", "1")
+    out = tmp_path / "solvers.json"
+    script("bench_solvers.py", "--run", run, "--round", "2", "--solvers", "midpoint:2", "euler:3", "--out", out)
+    results = {r["solver"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(results) == {"midpoint:2", "euler:3"}
+    # the run's own round 2 used 2 midpoint steps in float32: the re-solve gives its MMD back
+    assert results["midpoint:2"]["mmd"] == pytest.approx(read_rounds(run)[2]["mmd"], rel=1e-3)
