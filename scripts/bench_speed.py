@@ -52,6 +52,7 @@ LEVERS = {
     "fused AdamW": (["--model.fused_adamw", "false"], ["--model.fused_adamw", "true"]),
     "torch.compile": (["--model.compile", "false"], ["--model.compile", "true"]),
     "state on the device": (["--data.on_device", "false"], ["--data.on_device", "true"]),
+    "cuDNN autotuning": (["--trainer.benchmark", "false"], ["--trainer.benchmark", "true"]),  # a GPU lever
 }
 # Network evaluations per step of each fixed-step solver.
 EVALUATIONS = {"euler": 1, "midpoint": 2, "rk4": 4}
