@@ -337,7 +337,7 @@ def test_a_checkpoint_from_before_the_format_was_recorded_still_resumes(referenc
     (["--model.max_bad_steps", "0"], "model.max_bad_steps must be >= 1, got 0"),
     (["--trainer.max_epochs", "3", "--rounds.epochs_per_round", "2"], "rounds.epochs_per_round (2)"),
     (["--data.mask.init_args.missing_rate", "1.5"], "data.mask.missing_rate (MCAR) must be in [0, 1), got 1.5"),
-    (["--data.mask.init_args.missing_rate", "-0.1"], "missing_rate must be in [0, 1), got -0.1"),
+    (["--data.mask.init_args.missing_rate", "-0.1"], "data.mask.missing_rate (MCAR) must be in [0, 1), got -0.1"),
 ], ids=["unknown_key", "wrong_type", "wrong_type_nested", "bad_value", "epochs_not_divisible",
         "missing_rate_high", "missing_rate_negative"])
 def test_a_bad_config_is_one_short_line_naming_the_key(overrides, key, tmp_path):
