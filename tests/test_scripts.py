@@ -1,5 +1,6 @@
 """The benchmark scripts end to end on tiny runs: they run, and what they report is consistent."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -42,3 +43,29 @@ def test_bench_solvers_rescores_a_round_of_a_finished_run(tmp_path):
     assert set(results) == {"midpoint:2", "euler:3"}
     # the run's own round 2 used 2 midpoint steps in float32: the re-solve gives its MMD back
     assert results["midpoint:2"]["mmd"] == pytest.approx(read_rounds(run)[2]["mmd"], rel=1e-3)
+
+
+def test_profile_step_times_the_bare_and_the_lightning_step(tmp_path):
+    out = tmp_path / "profile.json"
+    script("profile_step.py", "--steps", "2", "--epochs", "1", "--top", "5", "--out", out, "--", *OVERRIDES,
+           "--trainer.accelerator", "cpu")
+    result = json.loads(out.read_text())
+    assert result["batch_size"] == 16
+    assert result["bare_step_ms"] > 0 and result["lightning_step_ms"] > 0
+    assert len(result["top_own_time"]) == 5
+    own = [row["seconds"] for row in result["top_own_time"]]
+    assert own == sorted(own, reverse=True) and all(row["calls"] >= 1 for row in result["top_own_time"])
+
+
+@pytest.mark.parametrize("spent, bound", [(0.0, 50.0), (800.0, 80.0)])
+def test_time_to_quality_bound_when_the_baseline_never_got_there(spent, bound):
+    spec = importlib.util.spec_from_file_location("bench_speed", ROOT / "scripts" / "bench_speed.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rates = {"train_images_per_second": 2.0, "impute_images_per_second": 3.0}
+    results = {"ours": {"throughput": rates, "time_to_quality": {"seconds": 10.0}},
+               "baseline": {"throughput": {**rates, "recipe_round_seconds": 500.0},
+                            "time_to_quality": {"seconds": None, "seconds_spent": spent}}}
+    # no MMD before its first round ends (500 s), nor in the rounds it finished
+    assert bench.ratios(results)["time_to_quality_at_least"] == bound
+    assert "time_to_quality" not in bench.ratios(results)

@@ -165,13 +165,21 @@ def test_bf16_autocast_trains_and_solves_in_bf16_and_keeps_the_observed_entries(
 def test_precision_left_unset_follows_the_hardware(bf16, tmp_path, monkeypatch):
     from miri_lightning import cli
 
-    monkeypatch.setattr(cli, "native_bf16", lambda accelerator: bf16)
+    monkeypatch.setattr(cli, "bf16_pays", lambda accelerator: bf16)
     at = TINY.index("--trainer.precision")
     unset = [*TINY[:at], *TINY[at + 2:], "--trainer.default_root_dir", str(tmp_path)]
     built = cli.build_cli(unset)
     assert type(built.trainer.precision_plugin).__name__ == ("MixedPrecision" if bf16 else "Precision")
     pinned = cli.build_cli([*unset, "--trainer.precision", "32-true"])
     assert type(pinned.trainer.precision_plugin).__name__ == "Precision"
+
+
+def test_a_gpu_defaults_to_float32_as_measured(monkeypatch):
+    from miri_lightning import cli
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    # launch-bound steps made bf16 slower on an H200 (docs/performance.md)
+    assert [cli.default_precision(a) for a in ("auto", "gpu", "cuda")] == ["32-true"] * 3
 
 
 def test_precision_set_by_a_plugin_is_left_alone(tmp_path):
