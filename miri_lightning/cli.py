@@ -73,8 +73,8 @@ def bf16_pays(accelerator) -> bool:
 def default_precision(accelerator, strategy="auto") -> str:
     """`trainer.precision` when the config leaves it unset: bf16 autocast where it was measured faster.
 
-    Forking strategies get float32: asking about the GPU would initialise
-    CUDA before the fork, which they cannot survive.
+    Forking strategies get float32 without asking: `torch.cuda.is_available()`
+    initialises CUDA's driver before the fork, which they cannot survive.
     """
     if isinstance(strategy, str) and strategy.startswith(("ddp_fork", "ddp_notebook")):
         return "32-true"
