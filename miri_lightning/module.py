@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import asdict
-from typing import Optional, Union
+from typing import Literal, Optional, Union
 
 import torch
 from lightning.pytorch import LightningModule
@@ -17,6 +17,10 @@ from .checkpoints import CHECKPOINT_FORMAT
 from .errors import ConfigError, TrainingError
 from .flow import SolverConfig, derangement, missing_mse, solve_batches, training_pair
 from .models.unet import UNetConfig, VelocityUNet
+
+# torch.compile's modes (`model.compile`). The solve's EMA copy takes the twin without CUDA graphs.
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+WITHOUT_CUDA_GRAPHS = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}
 
 
 def ema_with_warmup(decay: float):
@@ -58,7 +62,12 @@ class MIRI(LightningModule):
             and solves 10 % faster, docs/performance.md).
         compile: `torch.compile` the velocity field and its EMA copy (the
             first steps and solves then take a while to compile; on a CPU
-            slower in all, see docs/performance.md).
+            slower in all, see docs/performance.md). `true` is torch's
+            "default" mode; a mode name picks another. "reduce-overhead" puts
+            the training network in CUDA graphs, for GPUs where a step is
+            bound by kernel launches; the solve's EMA copy is compiled without
+            them (a solver holds several network outputs at once, which CUDA
+            graphs would overwrite).
         fused_adamw: AdamW's fused kernel, one launch per step instead of
             several per parameter group.
         seed: seed of the network initialisation and of the training draws
@@ -79,7 +88,7 @@ class MIRI(LightningModule):
         max_bad_steps: int = 3,
         solver: Union[SolverConfig, dict] = SolverConfig(),
         channels_last: bool = True,
-        compile: bool = False,
+        compile: Union[bool, CompileMode] = False,
         fused_adamw: bool = True,
         seed: int = 0,
         image_shape: Optional[tuple[int, int, int]] = None,
@@ -126,8 +135,9 @@ class MIRI(LightningModule):
                                  use_buffers=True)
         self.ema.requires_grad_(False)
         if self.hparams.compile:  # in place: state_dict keys stay those of the plain modules
-            self.velocity.compile()
-            self.ema.module.compile()
+            mode = "default" if self.hparams.compile is True else self.hparams.compile
+            self.velocity.compile(mode=mode)
+            self.ema.module.compile(mode=WITHOUT_CUDA_GRAPHS.get(mode, mode))
 
     @property
     def memory_format(self) -> torch.memory_format:

@@ -54,6 +54,7 @@ LEVERS = {
     "channels_last": (["--model.channels_last", "false"], ["--model.channels_last", "true"]),
     "fused AdamW": (["--model.fused_adamw", "false"], ["--model.fused_adamw", "true"]),
     "torch.compile": (["--model.compile", "false"], ["--model.compile", "true"]),
+    "CUDA graphs": (["--model.compile", "false"], ["--model.compile", "reduce-overhead"]),  # a GPU lever
     "state on the device": (["--data.on_device", "false"], ["--data.on_device", "true"]),
     "cuDNN autotuning": (["--trainer.benchmark", "false"], ["--trainer.benchmark", "true"]),  # a GPU lever
 }

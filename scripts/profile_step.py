@@ -4,7 +4,10 @@
 
 1. The bare step: the config's U-Net, optimiser and precision, one training
    batch of the collection, forward + backward + AdamW in a plain loop, timed
-   after a warm-up (the device synchronised): the floor for a step.
+   after a warm-up (the device synchronised): the floor for a step. Also the
+   operator calls that reach a kernel in one such step, which on a GPU are
+   about its kernel launches: counted the same on any machine, so a change's
+   effect on a launch-bound GPU step can be predicted from a CPU.
 2. train.py itself for `--epochs` epochs under cProfile: milliseconds per step
    from its rounds.jsonl, and the functions that take the most time.
 
@@ -26,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -37,8 +41,21 @@ QUIET = ["--logging.backend", "csv", "--trainer.enable_progress_bar", "false",
          "--trainer.enable_model_summary", "false"]
 
 
-def bare_step_ms(cli, steps: int) -> float:
-    """Milliseconds per forward + backward + AdamW step of the config's network, nothing around it."""
+class CountKernels(TorchDispatchMode):
+    """Counts the operator calls that reach a device kernel: on a GPU, roughly the kernel launches."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def bare_step(cli, steps: int) -> dict:
+    """Milliseconds per forward + backward + AdamW step of the config's network, nothing around it,
+    and the kernels such a step calls (a launch-bound GPU pays each one in host time)."""
     dm, model, trainer = cli.datamodule, cli.model, cli.trainer
     model._build(tuple(dm.image_shape))
     device = trainer.strategy.root_device
@@ -64,7 +81,10 @@ def bare_step_ms(cli, steps: int) -> float:
     for _ in range(steps):
         step()
     sync()
-    return (time.perf_counter() - start) / steps * 1e3
+    milliseconds = (time.perf_counter() - start) / steps * 1e3
+    with CountKernels() as counter:
+        step()
+    return {"bare_step_ms": round(milliseconds, 2), "kernels_per_step": counter.count}
 
 
 def lightning_step_ms(config: Path, overrides: list[str], epochs: int, top: int) -> dict:
@@ -89,7 +109,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, default=ROOT / "configs" / "quickstart.yaml")
     p.add_argument("--steps", type=int, default=30, help="timed bare steps")
-    p.add_argument("--epochs", type=int, default=2, help="epochs of the profiled train.py run")
+    p.add_argument("--epochs", type=int, default=2, help="epochs of the profiled train.py run (0: none)")
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--out", type=Path, default=Path("profile_step.json"))
     p.add_argument("overrides", nargs="*", help="train.py overrides, after --")
@@ -98,14 +118,14 @@ def main() -> None:
         cli = build_cli(["--config", str(args.config), *QUIET, "--trainer.default_root_dir", run_dir,
                          *args.overrides])
         batch = cli.datamodule.batch_size
-        bare = bare_step_ms(cli, args.steps)
-    result = {"batch_size": batch, "bare_step_ms": round(bare, 2)}
-    lightning = lightning_step_ms(args.config, args.overrides, args.epochs, args.top)
-    result["lightning_step_ms"] = round(lightning.pop("ms_per_image") * batch, 2)
-    result.update(lightning)
+        result = {"batch_size": batch, **bare_step(cli, args.steps)}
+    if args.epochs:
+        lightning = lightning_step_ms(args.config, args.overrides, args.epochs, args.top)
+        result["lightning_step_ms"] = round(lightning.pop("ms_per_image") * batch, 2)
+        result.update(lightning)
     args.out.write_text(json.dumps(result, indent=1))
-    print(json.dumps({k: result[k] for k in ("batch_size", "bare_step_ms", "lightning_step_ms")}))
-    for row in result["top_own_time"]:
+    print(json.dumps({k: v for k, v in result.items() if k != "top_own_time"}))
+    for row in result.get("top_own_time", []):
         print(f"{row['seconds']:9.3f} {row['with_callees']:9.3f} {row['calls']:8d}  {row['function']}")
 
 

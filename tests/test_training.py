@@ -210,9 +210,10 @@ def test_unfused_adamw_gives_the_same_imputations(two_round_run, tmp_path):
     assert_same_up_to_rounding(run_cli(tmp_path, *TWO_ROUNDS, "--model.fused_adamw", "false"), two_round_run)
 
 
-def test_compiled_velocity_gives_the_same_imputations(tmp_path):
+@pytest.mark.parametrize("mode", ["true", "reduce-overhead"])
+def test_compiled_velocity_gives_the_same_imputations(mode, tmp_path):
     one_round = ["--trainer.max_epochs", "1", "--rounds.epochs_per_round", "1", "--rounds.mi_steps", "0"]
-    compiled = run_cli(tmp_path / "compiled", *one_round, "--model.compile", "true")
+    compiled = run_cli(tmp_path / "compiled", *one_round, "--model.compile", mode)
     ckpt = torch.load(compiled / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert not any("_orig_mod" in key for key in ckpt["state_dict"])  # loadable without compiling
     assert_same_up_to_rounding(compiled, run_cli(tmp_path / "eager", *one_round))
