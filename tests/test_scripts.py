@@ -69,3 +69,16 @@ def test_time_to_quality_bound_when_the_baseline_never_got_there(spent, bound):
     # no MMD before its first round ends (500 s), nor in the rounds it finished
     assert bench.ratios(results)["time_to_quality_at_least"] == bound
     assert "time_to_quality" not in bench.ratios(results)
+
+
+def test_bench_speed_levers_runs_the_chosen_lever_off_and_on(tmp_path):
+    out = tmp_path / "levers.json"
+    script("bench_speed.py", "--levers", "--only", "fused AdamW", "--epochs", "1", "--rounds", "1",
+           "--out", out, "--", *OVERRIDES, "--trainer.accelerator", "cpu")
+    levers = json.loads(out.read_text())["levers"]
+    assert list(levers) == ["fused AdamW"]
+    lever = levers["fused AdamW"]
+    assert len(lever["runs"]["off"]) == len(lever["runs"]["on"]) == 1
+    assert lever["ratios"]["train_images_per_second"] == pytest.approx(
+        lever["on"]["train_images_per_second"] / lever["off"]["train_images_per_second"], rel=0.01)
+    assert not list(tmp_path.glob("*.tmp"))  # written whole, by rename
