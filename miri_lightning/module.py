@@ -23,6 +23,14 @@ CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotun
 WITHOUT_CUDA_GRAPHS = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}
 
 
+def compile_modes(compile: Union[bool, str]) -> Optional[tuple[str, str]]:
+    """`model.compile` as torch.compile modes for (the training network, the solve's EMA copy), or None."""
+    if compile is False:
+        return None
+    mode = "default" if compile is True else compile
+    return mode, WITHOUT_CUDA_GRAPHS.get(mode, mode)
+
+
 def ema_with_warmup(decay: float):
     """EMA update for AveragedModel whose decay ramps up as min(decay, (1 + n) / (10 + n)).
 
@@ -134,16 +142,24 @@ class MIRI(LightningModule):
         self.ema = AveragedModel(self.velocity, multi_avg_fn=ema_with_warmup(self.hparams.ema_decay),
                                  use_buffers=True)
         self.ema.requires_grad_(False)
-        if self.hparams.compile:  # in place: state_dict keys stay those of the plain modules
-            mode = "default" if self.hparams.compile is True else self.hparams.compile
-            self.velocity.compile(mode=mode)
-            self.ema.module.compile(mode=WITHOUT_CUDA_GRAPHS.get(mode, mode))
+        modes = compile_modes(self.hparams.compile)
+        if modes:  # in place: state_dict keys stay those of the plain modules
+            self.velocity.compile(mode=modes[0])
+            self.ema.module.compile(mode=modes[1])
 
     @property
     def memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.hparams.channels_last else torch.contiguous_format
 
     def configure_model(self) -> None:
+        modes = compile_modes(self.hparams.compile)
+        if modes and modes[0] in WITHOUT_CUDA_GRAPHS and self.trainer.accumulate_grad_batches > 1:
+            # Each replay of the backward graph writes the gradients into the same memory.
+            raise ConfigError(
+                f"model.compile {modes[0]} trains in CUDA graphs, which cannot accumulate gradients: set "
+                f"trainer.accumulate_grad_batches to 1 (it is {self.trainer.accumulate_grad_batches}) "
+                f"or model.compile to {modes[1]}"
+            )
         if self.velocity is None:
             self._build(tuple(self.trainer.datamodule.image_shape))
 

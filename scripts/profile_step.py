@@ -5,13 +5,16 @@
 1. The bare step: the config's U-Net, optimiser and precision, one training
    batch of the collection, forward + backward + AdamW in a plain loop, timed
    after a warm-up (the device synchronised): the floor for a step. Also the
-   operator calls that reach a kernel in one such step, which on a GPU are
-   about its kernel launches: counted the same on any machine, so a change's
-   effect on a launch-bound GPU step can be predicted from a CPU.
-2. train.py itself for `--epochs` epochs under cProfile: milliseconds per step
-   from its rounds.jsonl, and the functions that take the most time.
+   operator calls that reach a device in one such step (views and
+   allocations included). On a GPU each is about one kernel launch, and the
+   count is the same on any machine: a change's effect on a launch-bound GPU
+   step can be predicted from a CPU.
+2. train.py's step: 2 rounds of `--epochs` epochs, the second (warm) round's
+   fastest epoch, per step.
+3. With `--top N`, another train.py run under cProfile: the N functions
+   with the most time of their own (start-up included).
 
-A Lightning step far above the bare step means the time goes around the
+A train.py step far above the bare step means the time goes around the
 network (loop, hooks, logging, data); a bare step far above the FLOPs over
 the device's peak means kernel launches (small batches of small images).
 """
@@ -19,7 +22,6 @@ the device's peak means kernel launches (small batches of small images).
 from __future__ import annotations
 
 import argparse
-import cProfile
 import json
 import pstats
 import subprocess
@@ -41,8 +43,8 @@ QUIET = ["--logging.backend", "csv", "--trainer.enable_progress_bar", "false",
          "--trainer.enable_model_summary", "false"]
 
 
-class CountKernels(TorchDispatchMode):
-    """Counts the operator calls that reach a device kernel: on a GPU, roughly the kernel launches."""
+class CountOps(TorchDispatchMode):
+    """Counts the operator calls that reach a device: on a GPU, roughly the kernel launches."""
 
     def __init__(self):
         super().__init__()
@@ -55,7 +57,7 @@ class CountKernels(TorchDispatchMode):
 
 def bare_step(cli, steps: int) -> dict:
     """Milliseconds per forward + backward + AdamW step of the config's network, nothing around it,
-    and the kernels such a step calls (a launch-bound GPU pays each one in host time)."""
+    and the operator calls of such a step (a launch-bound GPU pays for each in host time)."""
     dm, model, trainer = cli.datamodule, cli.model, cli.trainer
     model._build(tuple(dm.image_shape))
     device = trainer.strategy.root_device
@@ -82,47 +84,52 @@ def bare_step(cli, steps: int) -> dict:
         step()
     sync()
     milliseconds = (time.perf_counter() - start) / steps * 1e3
-    with CountKernels() as counter:
+    with CountOps() as counter:
         step()
-    return {"bare_step_ms": round(milliseconds, 2), "kernels_per_step": counter.count}
+    return {"bare_step_ms": round(milliseconds, 2), "ops_per_step": counter.count}
 
 
-def lightning_step_ms(config: Path, overrides: list[str], epochs: int, top: int) -> dict:
-    """train.py under cProfile for `epochs` epochs: ms per step and the costliest functions."""
+def run_train(config: Path, overrides: list[str], epochs: int, rounds: int, profile: Path | None = None) -> dict:
+    """train.py for `rounds` rounds of `epochs` epochs (under cProfile into `profile`); its last rounds.jsonl line."""
     with tempfile.TemporaryDirectory() as run_dir:
-        prof = Path(run_dir) / "train.prof"
-        cmd = [sys.executable, "-m", "cProfile", "-o", str(prof), str(ROOT / "train.py"), "--config", str(config),
-               *QUIET, "--trainer.default_root_dir", run_dir, *overrides, "--trainer.max_epochs", str(epochs),
-               "--rounds.epochs_per_round", str(epochs), "--rounds.mi_steps", "0"]
+        python = [sys.executable, *(["-m", "cProfile", "-o", str(profile)] if profile else [])]
+        cmd = [*python, str(ROOT / "train.py"), "--config", str(config), *QUIET, "--trainer.default_root_dir", run_dir,
+               *overrides, "--trainer.max_epochs", str(epochs * rounds), "--rounds.epochs_per_round", str(epochs),
+               "--rounds.mi_steps", "0"]
         subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-        record = [json.loads(line) for line in (Path(run_dir) / "rounds.jsonl").read_text().splitlines()][-1]
-        stats = pstats.Stats(str(prof))
-    rows = sorted(stats.stats.items(), key=lambda item: -item[1][2])[:top]  # by own time
-    return {
-        "ms_per_image": 1e3 / record["train_images_per_second"],
-        "top_own_time": [{"function": f"{Path(f).name}:{line}({name})", "calls": calls, "seconds": round(own, 3),
-                          "with_callees": round(cum, 3)} for (f, line, name), (_, calls, own, cum, _) in rows],
-    }
+        return json.loads((Path(run_dir) / "rounds.jsonl").read_text().splitlines()[-1])
+
+
+def costliest(profile: Path, top: int) -> list[dict]:
+    """The `top` functions of a cProfile file with the most time of their own."""
+    stats = pstats.Stats(str(profile))
+    rows = sorted(stats.stats.items(), key=lambda item: -item[1][2])[:top]
+    return [{"function": f"{Path(f).name}:{line}({name})", "calls": calls, "seconds": round(own, 3),
+             "with_callees": round(cum, 3)} for (f, line, name), (_, calls, own, cum, _) in rows]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, default=ROOT / "configs" / "quickstart.yaml")
     p.add_argument("--steps", type=int, default=30, help="timed bare steps")
-    p.add_argument("--epochs", type=int, default=2, help="epochs of the profiled train.py run (0: none)")
-    p.add_argument("--top", type=int, default=25)
+    p.add_argument("--epochs", type=int, default=2, help="epochs of each train.py round (0: no train.py run)")
+    p.add_argument("--top", type=int, default=25, help="functions of the cProfile run to list (0: no such run)")
     p.add_argument("--out", type=Path, default=Path("profile_step.json"))
     p.add_argument("overrides", nargs="*", help="train.py overrides, after --")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as run_dir:
         cli = build_cli(["--config", str(args.config), *QUIET, "--trainer.default_root_dir", run_dir,
                          *args.overrides])
-        batch = cli.datamodule.batch_size
-        result = {"batch_size": batch, **bare_step(cli, args.steps)}
+        result = {"batch_size": cli.datamodule.batch_size, **bare_step(cli, args.steps)}  # loads the collection
+        steps = len(cli.datamodule.masks) // cli.datamodule.batch_size  # per epoch
     if args.epochs:
-        lightning = lightning_step_ms(args.config, args.overrides, args.epochs, args.top)
-        result["lightning_step_ms"] = round(lightning.pop("ms_per_image") * batch, 2)
-        result.update(lightning)
+        warm = run_train(args.config, args.overrides, args.epochs, rounds=2)
+        result["train_step_ms"] = round(warm["fastest_epoch_seconds"] / steps * 1e3, 2)
+        if args.top:
+            with tempfile.TemporaryDirectory() as folder:
+                profile = Path(folder) / "train.prof"
+                run_train(args.config, args.overrides, args.epochs, rounds=1, profile=profile)
+                result["top_own_time"] = costliest(profile, args.top)
     args.out.write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "top_own_time"}))
     for row in result.get("top_own_time", []):

@@ -210,10 +210,30 @@ def test_unfused_adamw_gives_the_same_imputations(two_round_run, tmp_path):
     assert_same_up_to_rounding(run_cli(tmp_path, *TWO_ROUNDS, "--model.fused_adamw", "false"), two_round_run)
 
 
-@pytest.mark.parametrize("mode", ["true", "reduce-overhead"])
-def test_compiled_velocity_gives_the_same_imputations(mode, tmp_path):
+def test_compiled_velocity_gives_the_same_imputations(tmp_path):
     one_round = ["--trainer.max_epochs", "1", "--rounds.epochs_per_round", "1", "--rounds.mi_steps", "0"]
-    compiled = run_cli(tmp_path / "compiled", *one_round, "--model.compile", mode)
+    compiled = run_cli(tmp_path / "compiled", *one_round, "--model.compile", "true")
     ckpt = torch.load(compiled / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert not any("_orig_mod" in key for key in ckpt["state_dict"])  # loadable without compiling
     assert_same_up_to_rounding(compiled, run_cli(tmp_path / "eager", *one_round))
+
+
+@pytest.mark.parametrize("setting, training, solve", [
+    (True, "default", "default"),
+    ("reduce-overhead", "reduce-overhead", "default"),
+    ("max-autotune", "max-autotune", "max-autotune-no-cudagraphs"),
+])
+def test_cuda_graphs_compile_training_only(setting, training, solve, monkeypatch):
+    from miri_lightning.module import MIRI
+
+    calls = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, mode: calls.append((self, mode)))
+    model = MIRI(compile=setting, net={"width": 8, "channel_mults": [1]}, image_shape=(1, 8, 8))
+    # a solver holds several network outputs at once, which graph replays would overwrite
+    assert calls == [(model.velocity, training), (model.ema.module, solve)]
+
+
+def test_cuda_graphs_refuse_gradient_accumulation(tmp_path):
+    with pytest.raises(SystemExit, match="model.compile reduce-overhead trains in CUDA graphs, which cannot "
+                                         "accumulate gradients: set trainer.accumulate_grad_batches to 1"):
+        run_cli(tmp_path, "--model.compile", "reduce-overhead", "--trainer.accumulate_grad_batches", "2")

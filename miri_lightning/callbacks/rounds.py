@@ -98,7 +98,7 @@ class MIRIRounds(Callback):
         self.epochs_per_round, self.reinit_each_round = epochs_per_round, reinit_each_round
         self.solve_batch_size, self.grid_images = solve_batch_size, grid_images
         self.metrics_max_images, self.mi_steps = metrics_max_images, mi_steps
-        self.train_seconds, self.train_images = 0.0, 0
+        self.train_seconds, self.train_images, self.fastest_epoch = 0.0, 0, math.inf
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         epochs = trainer.max_epochs
@@ -122,7 +122,9 @@ class MIRIRounds(Callback):
         self.train_images += len(batch[1]) * trainer.world_size
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.train_seconds += clock(pl_module.device) - self._epoch_start
+        seconds = clock(pl_module.device) - self._epoch_start
+        self.train_seconds += seconds
+        self.fastest_epoch = min(self.fastest_epoch, seconds)  # the steady rate, without a round's first-epoch costs
         if (trainer.current_epoch + 1) % self.epochs_per_round:
             return
         dm = trainer.datamodule
@@ -133,8 +135,8 @@ class MIRIRounds(Callback):
         timing = {"train_seconds": self.train_seconds, "impute_seconds": impute_seconds,
                   "train_images_per_second": self.train_images / max(self.train_seconds, 1e-9),
                   "impute_images_per_second": len(dm.masks) / max(impute_seconds, 1e-9),
-                  "peak_memory_gb": peak_memory_gb(pl_module.device)}
-        self.train_seconds, self.train_images = 0.0, 0
+                  "fastest_epoch_seconds": self.fastest_epoch, "peak_memory_gb": peak_memory_gb(pl_module.device)}
+        self.train_seconds, self.train_images, self.fastest_epoch = 0.0, 0, math.inf
         pl_module.log("round", float(dm.round), on_step=False, on_epoch=True, sync_dist=True)
         self._report(trainer, pl_module, timing)
         if dm.round < self.num_rounds:
