@@ -27,7 +27,7 @@ from ..metrics import collection_metrics
 ROUNDS_FILE, IMPUTATIONS_FILE, GRIDS_DIR = "rounds.jsonl", "imputations.npz", "grids"
 # The fields of a round's record that measure the machine, not the result (they differ between equal runs).
 TIMING_KEYS = ("train_seconds", "impute_seconds", "train_images_per_second", "impute_images_per_second",
-               "peak_memory_gb")
+               "fastest_epoch_seconds", "peak_memory_gb")
 
 
 def shard(n: int, rank: int, world: int) -> torch.Tensor:
