@@ -74,10 +74,12 @@ def same_data(config: Path) -> list[str]:
     return ["--data.source", json.dumps(data["source"]), "--data.mask", json.dumps(data["mask"])]
 
 
-def train(config: Path, overrides: list[str], budget: float | None = None) -> list[dict]:
-    """Run train.py in a scratch folder; returns its rounds.jsonl records (those finished within `budget`)."""
+def train(config: Path, overrides: list[str], budget: float | None = None, profile: Path | None = None) -> list[dict]:
+    """Run train.py in a scratch folder (under cProfile into `profile`); returns its rounds.jsonl records
+    (those finished within `budget`)."""
     with tempfile.TemporaryDirectory() as run_dir:
-        cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(config), *QUIET,
+        python = [sys.executable, *(["-m", "cProfile", "-o", str(profile)] if profile else [])]
+        cmd = [*python, str(ROOT / "train.py"), "--config", str(config), *QUIET,
                "--trainer.default_root_dir", run_dir, *overrides]
         try:
             subprocess.run(cmd, cwd=ROOT, check=True, timeout=budget, stdout=subprocess.DEVNULL,
@@ -93,9 +95,7 @@ def train(config: Path, overrides: list[str], budget: float | None = None) -> li
 def throughput(config: Path, data: list[str], epochs: int, rounds: int, extra: list[str]) -> dict:
     """`rounds` rounds of `epochs` training epochs and one re-imputation each; the last round's figures,
     and (from a warm round) a floor for one round of the config's own recipe."""
-    # The overrides come before the round settings here, which must win.
-    last = train(config, [*data, *extra, "--trainer.max_epochs", str(epochs * rounds), "--rounds.epochs_per_round",
-                          str(epochs), "--rounds.mi_steps", "0"])[-1]
+    last = train(config, [*data, *extra, *short_rounds(epochs, rounds)])[-1]
     keys = ("train_images_per_second", "impute_images_per_second", "peak_memory_gb")
     figures = {key: round(last[key], 3) for key in keys}
     if rounds >= 2:  # round 1 holds compilation and first calls: no floor from it
@@ -103,6 +103,13 @@ def throughput(config: Path, data: list[str], epochs: int, rounds: int, extra: l
         floor = recipe_epochs(config, extra) * last["fastest_epoch_seconds"] + last["impute_seconds"]
         figures["recipe_round_seconds_at_least"] = round(floor, 1)
     return figures
+
+
+def short_rounds(epochs: int, rounds: int) -> list[str]:
+    """Overrides for `rounds` rounds of `epochs` epochs without the mutual-information probe; they must come
+    after any others, to win."""
+    return ["--trainer.max_epochs", str(epochs * rounds), "--rounds.epochs_per_round", str(epochs),
+            "--rounds.mi_steps", "0"]
 
 
 def recipe_epochs(config: Path, overrides: list[str]) -> int:

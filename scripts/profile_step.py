@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import pstats
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,14 +31,9 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from miri_lightning.cli import build_cli  # noqa: E402
-from miri_lightning.flow import derangement, missing_mse, training_pair  # noqa: E402
-
-QUIET = ["--logging.backend", "csv", "--trainer.enable_progress_bar", "false",
-         "--trainer.enable_model_summary", "false"]
+from bench_speed import QUIET, ROOT, short_rounds, train  # this folder's; it puts ROOT on sys.path
+from miri_lightning.cli import build_cli
+from miri_lightning.flow import derangement, missing_mse, training_pair
 
 
 class CountOps(TorchDispatchMode):
@@ -89,17 +82,6 @@ def bare_step(cli, steps: int) -> dict:
     return {"bare_step_ms": round(milliseconds, 2), "ops_per_step": counter.count}
 
 
-def run_train(config: Path, overrides: list[str], epochs: int, rounds: int, profile: Path | None = None) -> dict:
-    """train.py for `rounds` rounds of `epochs` epochs (under cProfile into `profile`); its last rounds.jsonl line."""
-    with tempfile.TemporaryDirectory() as run_dir:
-        python = [sys.executable, *(["-m", "cProfile", "-o", str(profile)] if profile else [])]
-        cmd = [*python, str(ROOT / "train.py"), "--config", str(config), *QUIET, "--trainer.default_root_dir", run_dir,
-               *overrides, "--trainer.max_epochs", str(epochs * rounds), "--rounds.epochs_per_round", str(epochs),
-               "--rounds.mi_steps", "0"]
-        subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-        return json.loads((Path(run_dir) / "rounds.jsonl").read_text().splitlines()[-1])
-
-
 def costliest(profile: Path, top: int) -> list[dict]:
     """The `top` functions of a cProfile file with the most time of their own."""
     stats = pstats.Stats(str(profile))
@@ -123,12 +105,12 @@ def main() -> None:
         result = {"batch_size": cli.datamodule.batch_size, **bare_step(cli, args.steps)}  # loads the collection
         steps = len(cli.datamodule.masks) // cli.datamodule.batch_size  # per epoch
     if args.epochs:
-        warm = run_train(args.config, args.overrides, args.epochs, rounds=2)
+        warm = train(args.config, [*args.overrides, *short_rounds(args.epochs, 2)])[-1]
         result["train_step_ms"] = round(warm["fastest_epoch_seconds"] / steps * 1e3, 2)
         if args.top:
             with tempfile.TemporaryDirectory() as folder:
                 profile = Path(folder) / "train.prof"
-                run_train(args.config, args.overrides, args.epochs, rounds=1, profile=profile)
+                train(args.config, [*args.overrides, *short_rounds(args.epochs, 1)], profile=profile)
                 result["top_own_time"] = costliest(profile, args.top)
     args.out.write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "top_own_time"}))
