@@ -11,9 +11,9 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.plugins import MixedPrecision
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch.optim.swa_utils import AveragedModel
 
 from .checkpoints import CHECKPOINT_FORMAT
+from .ema import EMA
 from .errors import ConfigError, TrainingError
 from .flow import SolverConfig, derangement, missing_mse, solve_batches, training_pair
 from .models.unet import UNetConfig, VelocityUNet
@@ -29,21 +29,6 @@ def compile_modes(compile: Union[bool, str]) -> Optional[tuple[str, str]]:
         return None
     mode = "default" if compile is True else compile
     return mode, WITHOUT_CUDA_GRAPHS.get(mode, mode)
-
-
-def ema_with_warmup(decay: float):
-    """EMA update for AveragedModel whose decay ramps up as min(decay, (1 + n) / (10 + n)).
-
-    Without the ramp, a short round's EMA would still mostly hold the weights
-    it started from (0.99 ** 30 = 0.74).
-    """
-
-    def update(averaged: list, current: list, num_averaged: torch.Tensor) -> None:
-        # A tensor weight, not a float: reading num_averaged would stall the GPU every step.
-        weight = (1 - torch.clamp((1 + num_averaged) / (10 + num_averaged), max=decay)).to(averaged[0].dtype)
-        torch._foreach_lerp_(averaged, current, [weight] * len(averaged))
-
-    return update
 
 
 class MIRI(LightningModule):
@@ -120,7 +105,7 @@ class MIRI(LightningModule):
         )
         self.net_config, self.solver = net, solver
         self.velocity: Optional[VelocityUNet] = None
-        self.ema: Optional[AveragedModel] = None
+        self.ema: Optional[EMA] = None
         self.round_weights: list[dict[str, torch.Tensor]] = []  # EMA weights of rounds 1..T, on the CPU
         self.round_start_step = 0
         self.bad_steps = 0  # bad steps in a row
@@ -139,9 +124,7 @@ class MIRI(LightningModule):
         self.velocity = VelocityUNet(channels, height, self.net_config)
         self.velocity.reset_parameters(seed=self.hparams.seed)
         self.velocity.to(memory_format=self.memory_format)
-        self.ema = AveragedModel(self.velocity, multi_avg_fn=ema_with_warmup(self.hparams.ema_decay),
-                                 use_buffers=True)
-        self.ema.requires_grad_(False)
+        self.ema = EMA(self.velocity, self.hparams.ema_decay)
         modes = compile_modes(self.hparams.compile)
         if modes:  # in place: state_dict keys stay those of the plain modules
             self.velocity.compile(mode=modes[0])
