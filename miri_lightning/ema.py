@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import weakref
+from typing import Optional
 
 import torch
 from torch import nn
@@ -18,10 +19,10 @@ class EMA(AveragedModel):
     mostly hold the weights it started from (0.99 ** 30 = 0.74).
 
     AveragedModel's own update walks both modules' parameters and reads
-    `n_averaged` on the host twice, every step: 4.5 ms a step on a 2-core CPU
-    for the MNIST U-Net, and two GPU syncs in a step that is bound by the host
-    (docs/performance.md). Here the tensor lists are kept and the rate is
-    computed on the device: one multi-tensor lerp per dtype, nothing read back.
+    `n_averaged` on the host twice, every step: Python time and two GPU syncs
+    in a step that is bound by the host (docs/performance.md). Here the tensor
+    lists are kept and the rate is computed on the device: one multi-tensor
+    lerp per dtype, nothing read back.
     """
 
     def __init__(self, model: nn.Module, decay: float):
@@ -50,10 +51,14 @@ class EMA(AveragedModel):
         return self._pairs
 
     @torch.no_grad()
-    def update_parameters(self, model: nn.Module) -> None:
+    def update_parameters(self, model: nn.Module, skip: Optional[torch.Tensor] = None) -> None:
+        """One update towards `model`'s weights, or none where the device flag `skip` is true (it is not read:
+        the rate becomes 0, which leaves the average exactly as it is while `model`'s weights are finite)."""
         n = self.n_averaged
         rate = torch.where(n == 0, 1.0, 1 - torch.clamp((1 + n) / (10 + n), max=self.decay))  # 1: copy
+        done = torch.ones_like(n) if skip is None else (~skip).to(n.dtype)
+        rate = rate * done
         for dtype, (own, other) in self._tensor_pairs(model).items():
             # lerp with weight 1 returns its end exactly, so the first update is a bit-exact copy.
             torch._foreach_lerp_(own, other, [rate.to(dtype)] * len(own))
-        n += 1
+        n += done

@@ -31,6 +31,41 @@ def compile_modes(compile: Union[bool, str]) -> Optional[tuple[str, str]]:
     return mode, WITHOUT_CUDA_GRAPHS.get(mode, mode)
 
 
+class StepTally:
+    """Training figures summed on the device, step by step, and read from it only now and then.
+
+    Reading a GPU tensor waits for all the work queued before it, and a
+    training step bound by the host needs that queue to run ahead. Kept: the
+    finite losses' sum and count (the epoch's mean loss), the NaN or infinite
+    steps in a row, the longest such run, and all of them.
+    """
+
+    def __init__(self):
+        self.sums: Optional[torch.Tensor] = None
+
+    def add(self, loss: torch.Tensor, bad: torch.Tensor) -> None:
+        bad = bad.to(loss.dtype)
+        if self.sums is None:
+            self.sums = loss.new_zeros(5)
+        loss_sum, good, run, longest, total = self.sums.unbind()
+        run = (run + 1) * bad
+        finite = torch.where(bad > 0, 0.0, loss)
+        self.sums = torch.stack([loss_sum + finite, good + 1 - bad, run, torch.maximum(longest, run), total + bad])
+
+    def read(self, loss: torch.Tensor) -> dict:
+        """The counts and `loss` (one host read)."""
+        _, _, _, longest, total, loss = torch.cat([self.sums, loss.view(1).to(self.sums)]).tolist()
+        return {"longest_bad_run": int(longest), "bad_steps": int(total), "loss": loss}
+
+    def epoch_loss(self) -> Optional[torch.Tensor]:
+        """The mean finite loss since the last call (on the device; None before any step); starts the next sum."""
+        if self.sums is None:
+            return None
+        mean = self.sums[0] / self.sums[1].clamp_min(1)
+        self.sums = torch.cat([torch.zeros_like(self.sums[:2]), self.sums[2:]])
+        return mean
+
+
 class MIRI(LightningModule):
     """Trains the velocity field of the current round and re-imputes with its EMA weights.
 
@@ -49,6 +84,10 @@ class MIRI(LightningModule):
         max_bad_steps: a step whose loss is NaN or infinite (on any device)
             is skipped: no optimiser or EMA update. This many in a row stop
             the run; the files on disk stay those of the last finished round.
+            Skipped steps are decided on the device and counted there; the
+            count is read every `trainer.log_every_n_steps` steps and at the
+            end of each epoch (a read would stall the GPU every step), so the
+            warning and the stop come at the next such read.
         solver: how the re-imputation ODE is solved.
         channels_last: keep weights and activations in NHWC layout, which the
             convolution kernels prefer (measured on a CPU: training steps 9 %
@@ -108,8 +147,13 @@ class MIRI(LightningModule):
         self.ema: Optional[EMA] = None
         self.round_weights: list[dict[str, torch.Tensor]] = []  # EMA weights of rounds 1..T, on the CPU
         self.round_start_step = 0
-        self.bad_steps = 0  # bad steps in a row
-        self.skip_batch = self.skip_update = False
+        # Device flags of the last batch and of the update being accumulated: a NaN or infinite loss on any device.
+        self.bad_batch: Optional[torch.Tensor] = None
+        self.spoilt: Optional[torch.Tensor] = None
+        self.step_loss: Optional[torch.Tensor] = None
+        self.tally = StepTally()
+        self.bad_reported = 0
+        self.last_loss: Optional[float] = None
         self.solve_fits = 2**62  # the largest solve batch known to fit in device memory
         if image_shape is not None:
             self._build(tuple(image_shape))
@@ -174,46 +218,70 @@ class MIRI(LightningModule):
         tau = torch.rand(len(x0), device=x0.device, generator=self.draws)
         a, b, target = training_pair(x0, x1, m, tau)
         loss = missing_mse(self.velocity(a, b, m, tau), target, m)
-        self.skip_batch = self._loss_is_bad(loss)
-        self.skip_update |= self.skip_batch  # with gradient accumulation, one bad batch spoils the whole update
-        if not self.skip_batch:
-            self.log("train/loss", loss, prog_bar=True)
-            self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, sync_dist=True)  # reduced once an epoch
+        # On any device (one all-reduce under DDP, so that all ranks skip together), and not read here.
+        self.bad_batch = self.trainer.strategy.reduce((~torch.isfinite(loss.detach())).float(), reduce_op="sum") > 0
+        # With gradient accumulation, one bad batch spoils the whole update.
+        self.spoilt = self.bad_batch if self.spoilt is None else self.spoilt | self.bad_batch
+        self.step_loss = loss.detach()
         return loss  # back-propagated even when bad: under DDP every rank must join the gradient all-reduce
-
-    def _loss_is_bad(self, loss: torch.Tensor) -> bool:
-        """Whether the loss is NaN or infinite on any device; raises after `max_bad_steps` such steps in a row."""
-        bad = self.trainer.strategy.reduce((~torch.isfinite(loss.detach())).float(), reduce_op="sum")
-        if not bad:  # the one host read of the step (one all-reduce first under DDP, so all ranks agree)
-            self.bad_steps = 0
-            return False
-        self.bad_steps += 1
-        where = f"epoch {self.current_epoch}, step {self.global_step}"
-        if self.bad_steps >= self.hparams.max_bad_steps:
-            raise TrainingError(
-                f"the training loss was NaN or infinite for {self.bad_steps} steps in a row ({where}); stopped. "
-                "The checkpoints and imputations on disk are those of the last finished round. "
-                "Lower model.lr or check the data."
-            )
-        rank_zero_warn(f"MIRI: NaN or infinite training loss at {where}; step skipped "
-                       f"({self.bad_steps} of model.max_bad_steps={self.hparams.max_bad_steps} in a row)")
-        return True
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
         """Lightning's step, except that an update spoilt by a bad loss is skipped.
 
         Lightning runs the closure (forward, backward) inside `optimizer.step`,
-        too late to skip; here it runs first. Skipped steps still count for the
-        learning-rate schedule and `global_step`.
+        too late to skip; here it runs first. The fused AdamW skips on the
+        device (its `found_inf` flag), so the step never waits for the GPU; the
+        unfused one needs the flag on the host. Skipped steps still count for
+        the learning-rate schedule and `global_step`.
         """
         loss = optimizer_closure()
-        skip, self.skip_update = self.skip_update, False
-        if not skip:
-            optimizer.step(closure=lambda: loss)  # runs the precision plugin's hooks, clipping and loss scaling
+        spoilt, self.spoilt = self.spoilt, None
+        adamw = getattr(optimizer, "optimizer", optimizer)  # inside Lightning's wrapper
+        if self._skips_on_device(adamw):
+            adamw.found_inf = spoilt.float()  # 1: the kernel leaves weights, moments and step counts as they are
+            try:
+                optimizer.step(closure=lambda: loss)  # runs the precision plugin's hooks and clipping
+            finally:
+                del adamw.found_inf
+        elif not spoilt:  # a host read
+            optimizer.step(closure=lambda: loss)
+
+    def _skips_on_device(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Whether `optimizer` is the fused AdamW and no gradient scaler sets its `found_inf` instead."""
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        return bool(optimizer.defaults.get("fused")) and scaler is None
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        if not self.skip_batch:
-            self.ema.update_parameters(self.velocity)
+        self.ema.update_parameters(self.velocity, skip=self.bad_batch)
+        self.tally.add(self.step_loss, self.bad_batch)
+        last = batch_idx + 1 == self.trainer.num_training_batches
+        logs = self.trainer.log_every_n_steps > 0 and self.global_step % self.trainer.log_every_n_steps == 0
+        if logs or last:  # the steps where Lightning reads its logged values anyway; each round's end
+            self._read_tally()
+
+    def _read_tally(self) -> None:
+        """One host read: log the step's loss, warn of skipped steps, stop after `max_bad_steps` in a row."""
+        figures = self.tally.read(self.step_loss)
+        where = f"epoch {self.current_epoch}, step {self.global_step}"
+        if figures["longest_bad_run"] >= self.hparams.max_bad_steps:
+            raise TrainingError(
+                f"the training loss was NaN or infinite for {figures['longest_bad_run']} steps in a row (by {where}; "
+                f"model.max_bad_steps is {self.hparams.max_bad_steps}); stopped. The checkpoints and imputations on "
+                "disk are those of the last finished round. Lower model.lr or check the data."
+            )
+        if figures["bad_steps"] > self.bad_reported:
+            rank_zero_warn(f"MIRI: NaN or infinite training loss in {figures['bad_steps'] - self.bad_reported} "
+                           f"step(s) up to {where}; those steps were skipped (at most {figures['longest_bad_run']} in a "
+                           f"row; model.max_bad_steps={self.hparams.max_bad_steps} in a row stop the run)")
+            self.bad_reported = figures["bad_steps"]
+        if math.isfinite(figures["loss"]):
+            self.last_loss = figures["loss"]  # for the progress bar (callbacks.RoundProgressBar)
+            self.log("train/loss", torch.tensor(self.last_loss))  # a host tensor: logging it reads nothing
+
+    def on_train_epoch_end(self) -> None:
+        loss = self.tally.epoch_loss()
+        if loss is not None:
+            self.log("train/loss_epoch", loss, sync_dist=True)
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.velocity.parameters(), lr=self.hparams.lr,

@@ -3,8 +3,8 @@ import pickle
 import pytest
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from conftest import HostReads
 from miri_lightning.ema import EMA
 
 
@@ -46,17 +46,6 @@ def test_ema_ramps_its_decay_and_copies_after_a_restart(restart_at):
         torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
     assert int(ema.n_averaged) == 20 - max(restart_at, 0)
 
-
-class HostReads(TorchDispatchMode):
-    """Counts the operator calls that copy a value to the host: each one waits for a GPU."""
-
-    def __init__(self):
-        super().__init__()
-        self.reads = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.reads += func is torch.ops.aten._local_scalar_dense.default
-        return func(*args, **(kwargs or {}))
 
 
 def test_ema_update_reads_nothing_back_from_the_device():

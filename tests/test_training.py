@@ -1,12 +1,15 @@
 """End to end through the command line: rounds, outputs, checkpoints, resume, loggers, config errors."""
 
+import csv
+import re
 from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch import Callback
 
-from conftest import ROOT, TINY, read_imputations, read_rounds, run_cli
-from miri_lightning.cli import MIRICLI, main
+from conftest import ROOT, TINY, HostReads, read_imputations, read_rounds, run_cli
+from miri_lightning.cli import MIRICLI, build_cli, main
 from miri_lightning.data.datamodule import MaskedImageDataModule
 from miri_lightning.data.masks import MCAR
 from miri_lightning.data.sources import Shapes
@@ -237,3 +240,44 @@ def test_cuda_graphs_refuse_gradient_accumulation(tmp_path):
     with pytest.raises(SystemExit, match="model.compile reduce-overhead trains in CUDA graphs, which cannot "
                                          "accumulate gradients: set trainer.accumulate_grad_batches to 1"):
         run_cli(tmp_path, "--model.compile", "reduce-overhead", "--trainer.accumulate_grad_batches", "2")
+
+
+def test_the_loss_is_logged_every_n_steps_and_each_epoch(two_round_run):
+    rows = list(csv.DictReader((two_round_run / "csv" / "two_rounds" / "metrics.csv").open()))
+    step_losses = {int(row["step"]): float(row["train/loss"]) for row in rows if row["train/loss"]}
+    assert sorted(step_losses) == [9, 19, 29]  # trainer.log_every_n_steps 10, 32 steps
+    epoch_losses = [float(row["train/loss_epoch"]) for row in rows if row["train/loss_epoch"]]
+    assert len(epoch_losses) == 8 and all(0 < loss < 1 for loss in [*epoch_losses, *step_losses.values()])
+
+
+
+class ReadsPerStep(Callback):
+    def __init__(self, counter: HostReads):
+        self.counter, self.steps, self.start = counter, [], None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx > 0:  # (global step before it, reads since the previous batch started)
+            self.steps.append((trainer.global_step, self.counter.reads - self.start))
+        self.start = self.counter.reads
+
+
+def test_a_training_step_reads_nothing_from_the_device_but_every_n_steps(tmp_path):
+    cli = build_cli([*TINY, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "1",
+                     "--rounds.epochs_per_round", "1", "--data.source.init_args.num_images", "400",
+                     "--data.batch_size", "8", "--trainer.log_every_n_steps", "5"])
+    counter = HostReads()
+    cli.trainer.callbacks.append(watch := ReadsPerStep(counter))
+    with counter:
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert len(watch.steps) == 49
+    # The fifth step ends with the one read that logs the loss and checks for NaN; the others read nothing.
+    assert [(step, reads) for step, reads in watch.steps if reads] == [(step, 1) for step in range(5, 50, 5)]
+
+
+def test_progress_bar_shows_the_round_and_the_last_loss_read(tmp_path, capfd):
+    run_cli(tmp_path, "--trainer.enable_progress_bar", "true", "--trainer.max_epochs", "2",
+            "--rounds.epochs_per_round", "1", "--trainer.log_every_n_steps", "2")
+    shown = "".join(capfd.readouterr())
+    assert "round 2/2 epoch 1/1" in shown
+    losses = [float(value) for value in re.findall(r"train/loss=([0-9.e-]+)", shown)]
+    assert losses and all(0 < loss < 1 for loss in losses)

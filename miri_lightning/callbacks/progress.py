@@ -6,7 +6,19 @@ from .rounds import MIRIRounds
 
 
 class RoundProgressBar(TQDMProgressBar):
-    """TQDM bar described as `round r/T epoch e/E` instead of `Epoch e`."""
+    """TQDM bar described as `round r/T epoch e/E` instead of `Epoch e`, with the last loss read.
+
+    The loss is the number the module last read from the device (every
+    `trainer.log_every_n_steps` steps), not a logged tensor: Lightning would
+    read that at every step, and each read stalls a GPU.
+    """
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        items = super().get_metrics(trainer, pl_module)
+        loss = getattr(pl_module, "last_loss", None)
+        if loss is not None:
+            items["train/loss"] = f"{loss:.3g}"
+        return items
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         super().on_train_epoch_start(trainer, pl_module)
