@@ -31,29 +31,41 @@ class EMA(AveragedModel):
         self.decay = decay
         self._pairs: dict[torch.dtype, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
         self._source = None  # a weak reference to the module of _pairs: an attribute would register it as a child
+        self._buffers_too = False
 
     def __getstate__(self) -> dict:
         return {**super().__getstate__(), "_pairs": {}, "_source": None}  # pickled (spawned DDP) without the cache
 
     def _tensor_pairs(self, model: nn.Module) -> dict[torch.dtype, tuple[list[torch.Tensor], list[torch.Tensor]]]:
-        """(own, model's) float weights and buffers, by dtype. Cached: moving or casting a module, or loading
-        a state dict into it, keeps its Parameter objects (only their data changes); a cast changes the key."""
-        if self._source is None or self._source() is not model or any(own[0].dtype != dtype for dtype, (own, _) in self._pairs.items()):
+        """(own, model's) float weights and buffers, by dtype.
+
+        The parameter lists are kept: moving or casting a module, or loading a
+        state dict into it, keeps its Parameter objects (a cast changes the
+        dtype key, which is checked). Buffers are replaced by a move, so
+        modules with float buffers (none in our U-Net) have them listed anew.
+        """
+        if self._source is None or self._source() is not model or self._buffers_too or any(
+                own[0].dtype != dtype for dtype, (own, _) in self._pairs.items()):
+            mine, theirs = [*self.module.parameters(), *self.module.buffers()], [*model.parameters(), *model.buffers()]
             pairs: dict = {}
-            mine = [*self.module.parameters(), *self.module.buffers()]
-            theirs = [*model.parameters(), *model.buffers()]
             for own, other in zip(mine, theirs, strict=True):
                 if own.is_floating_point():
                     lists = pairs.setdefault(own.dtype, ([], []))
                     lists[0].append(own)
                     lists[1].append(other)
             self._pairs, self._source = pairs, weakref.ref(model)
+            self._buffers_too = any(b.is_floating_point() for b in self.module.buffers())
         return self._pairs
 
     @torch.no_grad()
     def update_parameters(self, model: nn.Module, skip: Optional[torch.Tensor] = None) -> None:
-        """One update towards `model`'s weights, or none where the device flag `skip` is true (it is not read:
-        the rate becomes 0, which leaves the average exactly as it is while `model`'s weights are finite)."""
+        """One update towards `model`'s weights, or none where the device flag `skip` is true.
+
+        `skip` is not read: the rate becomes 0, which leaves the average
+        exactly as it is while `model`'s weights are finite. (A skipped step
+        never makes them non-finite; an overflowing update would, and then
+        every loss after it is bad and `max_bad_steps` stops the run.)
+        """
         n = self.n_averaged
         rate = torch.where(n == 0, 1.0, 1 - torch.clamp((1 + n) / (10 + n), max=self.decay))  # 1: copy
         done = torch.ones_like(n) if skip is None else (~skip).to(n.dtype)

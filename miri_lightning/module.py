@@ -31,6 +31,18 @@ def compile_modes(compile: Union[bool, str]) -> Optional[tuple[str, str]]:
     return mode, WITHOUT_CUDA_GRAPHS.get(mode, mode)
 
 
+def on_any_process(flag: torch.Tensor) -> torch.Tensor:
+    """`flag` (a bool tensor) or-ed over all processes, without a host read.
+
+    Lightning's `strategy.reduce` puts a barrier before its all-reduce, and
+    under NCCL a barrier blocks the host until the GPU has caught up.
+    """
+    flag = flag.float()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return flag > 0
+
+
 class StepTally:
     """Training figures summed on the device, step by step, and read from it only now and then.
 
@@ -44,7 +56,7 @@ class StepTally:
         self.sums: Optional[torch.Tensor] = None
 
     def add(self, loss: torch.Tensor, bad: torch.Tensor) -> None:
-        bad = bad.to(loss.dtype)
+        loss, bad = loss.float(), bad.float()  # counts in float32: exact to 2**24 steps, whatever the precision
         if self.sums is None:
             self.sums = loss.new_zeros(5)
         loss_sum, good, run, longest, total = self.sums.unbind()
@@ -147,8 +159,7 @@ class MIRI(LightningModule):
         self.ema: Optional[EMA] = None
         self.round_weights: list[dict[str, torch.Tensor]] = []  # EMA weights of rounds 1..T, on the CPU
         self.round_start_step = 0
-        # Device flags of the last batch and of the update being accumulated: a NaN or infinite loss on any device.
-        self.bad_batch: Optional[torch.Tensor] = None
+        # A device flag: the update being accumulated met a NaN or infinite loss on some process.
         self.spoilt: Optional[torch.Tensor] = None
         self.step_loss: Optional[torch.Tensor] = None
         self.tally = StepTally()
@@ -218,15 +229,14 @@ class MIRI(LightningModule):
         tau = torch.rand(len(x0), device=x0.device, generator=self.draws)
         a, b, target = training_pair(x0, x1, m, tau)
         loss = missing_mse(self.velocity(a, b, m, tau), target, m)
-        # On any device (one all-reduce under DDP, so that all ranks skip together), and not read here.
-        self.bad_batch = self.trainer.strategy.reduce((~torch.isfinite(loss.detach())).float(), reduce_op="sum") > 0
+        bad = on_any_process(~torch.isfinite(loss.detach()))  # so that all ranks skip together; not read here
         # With gradient accumulation, one bad batch spoils the whole update.
-        self.spoilt = self.bad_batch if self.spoilt is None else self.spoilt | self.bad_batch
+        self.spoilt = bad if self.spoilt is None else self.spoilt | bad
         self.step_loss = loss.detach()
         return loss  # back-propagated even when bad: under DDP every rank must join the gradient all-reduce
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
-        """Lightning's step, except that an update spoilt by a bad loss is skipped.
+        """Lightning's step, except that an update spoilt by a bad loss is skipped; then the EMA's update.
 
         Lightning runs the closure (forward, backward) inside `optimizer.step`,
         too late to skip; here it runs first. The fused AdamW skips on the
@@ -245,22 +255,26 @@ class MIRI(LightningModule):
                 del adamw.found_inf
         elif not spoilt:  # a host read
             optimizer.step(closure=lambda: loss)
+        self.ema.update_parameters(self.velocity, skip=spoilt)
+        self.tally.add(self.step_loss, spoilt)
+        # Lightning logs after the step when (its steps before it + 1) divide by log_every_n_steps; it reads then.
+        every = self.trainer.log_every_n_steps
+        if every and (self.global_step + 1) % every == 0 and math.isfinite(loss := self.report_steps()):
+            self.log("train/loss", torch.tensor(loss))  # a host tensor: logging it reads nothing more
 
     def _skips_on_device(self, optimizer: torch.optim.Optimizer) -> bool:
         """Whether `optimizer` is the fused AdamW and no gradient scaler sets its `found_inf` instead."""
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
         return bool(optimizer.defaults.get("fused")) and scaler is None
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        self.ema.update_parameters(self.velocity, skip=self.bad_batch)
-        self.tally.add(self.step_loss, self.bad_batch)
-        last = batch_idx + 1 == self.trainer.num_training_batches
-        logs = self.trainer.log_every_n_steps > 0 and self.global_step % self.trainer.log_every_n_steps == 0
-        if logs or last:  # the steps where Lightning reads its logged values anyway; each round's end
-            self._read_tally()
+    def report_steps(self) -> float:
+        """One host read: warn of skipped steps, stop after `max_bad_steps` in a row; returns the last loss.
 
-    def _read_tally(self) -> None:
-        """One host read: log the step's loss, warn of skipped steps, stop after `max_bad_steps` in a row."""
+        Called every `trainer.log_every_n_steps` steps and, by MIRIRounds, at
+        the end of every epoch, before a round's re-imputation and checkpoint.
+        """
+        if self.tally.sums is None:
+            return math.nan
         figures = self.tally.read(self.step_loss)
         where = f"epoch {self.current_epoch}, step {self.global_step}"
         if figures["longest_bad_run"] >= self.hparams.max_bad_steps:
@@ -276,7 +290,7 @@ class MIRI(LightningModule):
             self.bad_reported = figures["bad_steps"]
         if math.isfinite(figures["loss"]):
             self.last_loss = figures["loss"]  # for the progress bar (callbacks.RoundProgressBar)
-            self.log("train/loss", torch.tensor(self.last_loss))  # a host tensor: logging it reads nothing
+        return figures["loss"]
 
     def on_train_epoch_end(self) -> None:
         loss = self.tally.epoch_loss()

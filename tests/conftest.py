@@ -37,15 +37,29 @@ TINY = [
 
 
 class HostReads(TorchDispatchMode):
-    """Counts the copies of a value to the host: on a GPU, each waits for all the work queued before it."""
+    """Counts the copies of tensor values to the host (`item`, `bool`, `tolist`): on a GPU, each one waits
+    for all the work queued before it. (On a CPU, `tolist` reaches no operator: it is counted by a patch.)"""
 
     def __init__(self):
         super().__init__()
         self.reads = 0
+        self._tolist = torch.Tensor.tolist
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.reads += func is torch.ops.aten._local_scalar_dense.default
         return func(*args, **(kwargs or {}))
+
+    def _counting_tolist(self, tensor):
+        self.reads += 1
+        return self._tolist(tensor)
+
+    def __enter__(self):
+        torch.Tensor.tolist = lambda tensor: self._counting_tolist(tensor)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        torch.Tensor.tolist = self._tolist
+        return super().__exit__(*exc)
 
 
 @pytest.fixture(autouse=True, scope="session")

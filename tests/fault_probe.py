@@ -97,12 +97,13 @@ class NaNVelocity(Callback):
 class NaNLossAt(Callback):
     """The trained network returns NaN for batch `batch` of epoch `epoch` only, on rank `rank` (default: all).
 
-    Every rank writes `skipped_rank{R}.json` in the run folder: whether that
-    step left its network, EMA and optimiser state exactly as they were.
+    Every rank writes `skipped_rank{R}.json` in the run folder: whether the
+    `span` batches from that one on (an accumulated update's) left its
+    network, EMA and optimiser state exactly as they were.
     """
 
-    def __init__(self, epoch: int, batch: int, rank: Optional[int] = None):
-        self.epoch, self.batch, self.rank, self.before = epoch, batch, rank, None
+    def __init__(self, epoch: int, batch: int, rank: Optional[int] = None, span: int = 1):
+        self.epoch, self.batch, self.rank, self.span, self.before = epoch, batch, rank, span, None
 
     @staticmethod
     def snapshot(trainer, pl_module) -> list[torch.Tensor]:
@@ -120,7 +121,7 @@ class NaNLossAt(Callback):
                 return
             forward = pl_module.velocity.forward
             pl_module.velocity.forward = lambda *inputs: forward(*inputs) * float("nan")  # NaN gradients too
-        elif batch_idx == self.batch + 1:
+        elif batch_idx == self.batch + self.span:
             after = self.snapshot(trainer, pl_module)
             unchanged = len(after) == len(self.before) and all(map(torch.equal, after, self.before))
             with open(f"{trainer.default_root_dir}/skipped_rank{trainer.global_rank}.json", "w") as f:

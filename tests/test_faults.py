@@ -199,6 +199,14 @@ def test_a_nan_loss_is_skipped_without_touching_weights_ema_or_optimiser(fused, 
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
 
 
+def test_with_gradient_accumulation_a_nan_loss_spoils_its_whole_update(tmp_path):
+    # 4 batches an epoch, 2 per update: batch 0's NaN loss spoils the update made after batch 1.
+    run_cli(tmp_path, *ARGS, "--model.ema_decay", "0.5", "--trainer.accumulate_grad_batches", "2",
+            callback("NaNLossAt", epoch=2, batch=0, span=2))
+    assert json.loads((tmp_path / "skipped_rank0.json").read_text()) == {"unchanged": True}
+    assert [r["round"] for r in read_rounds(tmp_path)] == [0, 1, 2]
+
+
 def test_under_ddp_a_nan_loss_on_one_rank_is_skipped_on_every_rank(tmp_path):
     ddp = ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
            "--trainer.max_epochs", "2", "--rounds.epochs_per_round", "1"]  # 2 steps an epoch on each rank

@@ -125,6 +125,7 @@ class MIRIRounds(Callback):
         seconds = clock(pl_module.device) - self._epoch_start
         self.train_seconds += seconds
         self.fastest_epoch = min(self.fastest_epoch, seconds)  # the steady rate, without a round's first-epoch costs
+        pl_module.report_steps()  # stops here, before the round ends, after too many NaN losses in a row
         if (trainer.current_epoch + 1) % self.epochs_per_round:
             return
         dm = trainer.datamodule
