@@ -49,25 +49,30 @@ class StepTally:
     Reading a GPU tensor waits for all the work queued before it, and a
     training step bound by the host needs that queue to run ahead. Kept: the
     finite losses' sum and count (the epoch's mean loss), the NaN or infinite
-    steps in a row, the longest such run, and all of them.
+    steps in a row, the longest such run, all of them, and the last loss.
     """
 
     def __init__(self):
         self.sums: Optional[torch.Tensor] = None
+        self.bad_reported = 0  # bad steps already returned by `read`
 
     def add(self, loss: torch.Tensor, bad: torch.Tensor) -> None:
         loss, bad = loss.float(), bad.float()  # counts in float32: exact to 2**24 steps, whatever the precision
         if self.sums is None:
-            self.sums = loss.new_zeros(5)
-        loss_sum, good, run, longest, total = self.sums.unbind()
+            self.sums = loss.new_zeros(6)
+        loss_sum, good, run, longest, total, _ = self.sums.unbind()
         run = (run + 1) * bad
         finite = torch.where(bad > 0, 0.0, loss)
-        self.sums = torch.stack([loss_sum + finite, good + 1 - bad, run, torch.maximum(longest, run), total + bad])
+        self.sums = torch.stack([loss_sum + finite, good + 1 - bad, run, torch.maximum(longest, run), total + bad,
+                                 loss])
 
-    def read(self, loss: torch.Tensor) -> dict:
-        """The counts and `loss` (one host read)."""
-        _, _, _, longest, total, loss = torch.cat([self.sums, loss.view(1).to(self.sums)]).tolist()
-        return {"longest_bad_run": int(longest), "bad_steps": int(total), "loss": loss}
+    def read(self) -> Optional[dict]:
+        """The longest bad run, the bad steps new since the last read and the last loss (one host read), or None."""
+        if self.sums is None:
+            return None
+        _, _, _, longest, total, loss = self.sums.tolist()
+        new, self.bad_reported = int(total) - self.bad_reported, int(total)
+        return {"longest_bad_run": int(longest), "new_bad_steps": new, "loss": loss}
 
     def epoch_loss(self) -> Optional[torch.Tensor]:
         """The mean finite loss since the last call (on the device; None before any step); starts the next sum."""
@@ -163,7 +168,6 @@ class MIRI(LightningModule):
         self.spoilt: Optional[torch.Tensor] = None
         self.step_loss: Optional[torch.Tensor] = None
         self.tally = StepTally()
-        self.bad_reported = 0
         self.last_loss: Optional[float] = None
         self.solve_fits = 2**62  # the largest solve batch known to fit in device memory
         if image_shape is not None:
@@ -273,9 +277,9 @@ class MIRI(LightningModule):
         Called every `trainer.log_every_n_steps` steps and, by MIRIRounds, at
         the end of every epoch, before a round's re-imputation and checkpoint.
         """
-        if self.tally.sums is None:
+        figures = self.tally.read()
+        if figures is None:
             return math.nan
-        figures = self.tally.read(self.step_loss)
         where = f"epoch {self.current_epoch}, step {self.global_step}"
         if figures["longest_bad_run"] >= self.hparams.max_bad_steps:
             raise TrainingError(
@@ -283,11 +287,10 @@ class MIRI(LightningModule):
                 f"model.max_bad_steps is {self.hparams.max_bad_steps}); stopped. The checkpoints and imputations on "
                 "disk are those of the last finished round. Lower model.lr or check the data."
             )
-        if figures["bad_steps"] > self.bad_reported:
-            rank_zero_warn(f"MIRI: NaN or infinite training loss in {figures['bad_steps'] - self.bad_reported} "
-                           f"step(s) up to {where}; those steps were skipped (at most {figures['longest_bad_run']} in a "
-                           f"row; model.max_bad_steps={self.hparams.max_bad_steps} in a row stop the run)")
-            self.bad_reported = figures["bad_steps"]
+        if figures["new_bad_steps"]:
+            rank_zero_warn(f"MIRI: NaN or infinite training loss in {figures['new_bad_steps']} step(s) up to {where}; "
+                           f"those steps were skipped (at most {figures['longest_bad_run']} in a row; "
+                           f"model.max_bad_steps={self.hparams.max_bad_steps} in a row stop the run)")
         if math.isfinite(figures["loss"]):
             self.last_loss = figures["loss"]  # for the progress bar (callbacks.RoundProgressBar)
         return figures["loss"]

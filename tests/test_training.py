@@ -250,7 +250,6 @@ def test_the_loss_is_logged_every_n_steps_and_each_epoch(two_round_run):
     assert len(epoch_losses) == 8 and all(0 < loss < 1 for loss in [*epoch_losses, *step_losses.values()])
 
 
-
 class ReadsPerStep(Callback):
     def __init__(self, counter: HostReads):
         self.counter, self.steps, self.start = counter, [], None
