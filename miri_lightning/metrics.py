@@ -41,7 +41,7 @@ def ssim(imputed: torch.Tensor, truth: torch.Tensor) -> float:
                                                      kernel_size=kernel))
 
 
-def mask_information(imputed: torch.Tensor, masks: torch.Tensor, steps: int = 300, seed: int = 0) -> float:
+def mask_information(imputed: torch.Tensor, masks: torch.Tensor, steps: int = 1000, seed: int = 0) -> float:
     """Estimated information (bits per entry) that the imputations carry about where entries were missing.
 
     A small convolutional classifier q(m | x_hat) learns, on half of the
@@ -49,6 +49,12 @@ def mask_information(imputed: torch.Tensor, masks: torch.Tensor, steps: int = 30
     (a 7x7 neighbourhood). On the other half, H(m) - CE(q) is a lower bound on
     the mutual information I(m_entry; x_hat neighbourhood), averaged over
     entries. 0 means no detectable trace of the missingness: MIRI's aim.
+
+    A lower bound that rises with `steps` as the classifier learns subtler
+    traces; compare readings made with the same `steps` only. Too few read a
+    trace as none: on MNIST-5000 at 60 % MCAR the Gaussian interpolation fill
+    reads 0.04 bits at 100 steps, 0.20 at 300, 0.28 at 1,000 and 0.33 at
+    3,000, and a 13-round MIRI result 0.0002, 0.03, 0.13 and 0.15.
     """
     n = min(len(imputed) // 2, 500)
     if n < 1 or steps < 1:
@@ -76,7 +82,7 @@ def mask_information(imputed: torch.Tensor, masks: torch.Tensor, steps: int = 30
     return max(0.0, entropy - ce) / math.log(2)
 
 
-def collection_metrics(imputed, masks, truth=None, max_images: int = 2000, mi_steps: int = 300) -> dict:
+def collection_metrics(imputed, masks, truth=None, max_images: int = 2000, mi_steps: int = 1000) -> dict:
     """All metrics of a round on the first `max_images` images (ground-truth ones only when `truth` is known)."""
     imputed, masks = imputed[:max_images], masks[:max_images]
     out = {"mutual_information": mask_information(imputed, masks, steps=mi_steps)}
