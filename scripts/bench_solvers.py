@@ -32,23 +32,37 @@ from miri_lightning.metrics import collection_metrics  # noqa: E402
 from miri_lightning.models.unet import UNetConfig, VelocityUNet  # noqa: E402
 
 
-def round_inputs(run: Path, t: int):
-    """(x_hat^(t-1), masks, truth, v_t) of a finished run."""
+def run_datamodule(run: Path):
+    """A finished run's data module, set up from its saved config.yaml: images, masks, truth and round 0's fill."""
     config = next(run.rglob("config.yaml"))
     with tempfile.TemporaryDirectory() as scratch:
         cli = build_cli(["--config", str(config), "--trainer.logger", "false", "--trainer.default_root_dir", scratch])
         dm = cli.datamodule
         dm.setup()
+    return dm
+
+
+def imputations_after(run: Path, t: int, dm) -> torch.Tensor:
+    """x_hat^(t) of a finished run: round t's checkpoint, or `dm`'s initial fill for t = 0."""
+    if t == 0:
+        return dm.imputations
+    ckpt = run / "checkpoints" / f"round{t:03d}.ckpt"
+    state = read_checkpoint(ckpt)["MaskedImageDataModule"]
+    if state["masks_sha1"] != dm.masks_sha1:
+        sys.exit(f"{ckpt}: its masks differ from those rebuilt from the run's config.yaml")
+    return state["imputations"]
+
+
+def round_inputs(run: Path, t: int):
+    """(x_hat^(t-1), masks, truth, v_t) of a finished run."""
+    dm = run_datamodule(run)
     if dm.truth is None:
         sys.exit(f"{run}: its data has no ground truth to score against")
-    start = dm.imputations
-    if t > 1:
-        start = read_checkpoint(run / "checkpoints" / f"round{t - 1:03d}.ckpt")["MaskedImageDataModule"]["imputations"]
     ckpt = run / "checkpoints" / f"round{t:03d}.ckpt"
     data = read_checkpoint(ckpt)
     net = VelocityUNet(dm.image_shape[0], dm.image_shape[1], UNetConfig(**data["hyper_parameters"]["net"]))
     net.load_state_dict(miri_state(data, ckpt)["round_weights"][t - 1])
-    return start, dm.masks, dm.truth, net.eval()
+    return imputations_after(run, t - 1, dm), dm.masks, dm.truth, net.eval()
 
 
 def main() -> None:

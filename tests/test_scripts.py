@@ -130,3 +130,15 @@ def test_benchmark_scores_every_baseline_beside_the_metric_reference(tmp_path):
         assert scores["Gaussian interpolation (sigma 0.4)"]["psnr"] > scores["noise fill"]["psnr"] + 10
     table = (tmp_path / "out" / "table.md").read_text()
     assert f"{result['truth_halves_mmd']:.3g}" in table and "Gaussian interpolation (sigma 0.4)" in table
+
+
+def test_rescore_rounds_gives_a_run_its_own_figures_back_and_more_mask_information_steps(tmp_path):
+    run = run_cli(tmp_path / "run", "--trainer.max_epochs", "2", "--rounds.epochs_per_round", "1")
+    out = tmp_path / "rescored.jsonl"
+    script("rescore_rounds.py", "--run", run, "--mi-steps", 10, "--out", out)  # the run's own steps (TINY)
+    rescored = [json.loads(line) for line in out.read_text().splitlines()]
+    logged = read_rounds(run)
+    assert [r["round"] for r in rescored] == [0, 1, 2]
+    for mine, theirs in zip(rescored, logged):
+        for key in ("mmd", "psnr", "ssim", "mutual_information"):
+            assert mine[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-9), (mine["round"], key)
