@@ -53,7 +53,7 @@ BASELINES = {
     "noise fill": lambda x, m, seed: noise_fill(x, m, seed),
     "per-entry mean": lambda x, m, seed: mean_fill(x, m),
     "Gaussian interpolation (sigma 1)": lambda x, m, seed: interpolation_fill(x, m, sigma=1.0),
-    # Almost the mean of the nearest observed neighbours: a neighbour at distance 1 weighs 20 times one at sqrt(2).
+    # Almost the mean of the nearest observed neighbours: a neighbour at distance 1 weighs 23 times one at sqrt(2).
     "Gaussian interpolation (sigma 0.4)": lambda x, m, seed: interpolation_fill(x, m, sigma=0.4),
     "5-nearest neighbours": lambda x, m, seed: knn_fill(x, m, k=5),
 }

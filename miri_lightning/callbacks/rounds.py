@@ -88,7 +88,7 @@ class MIRIRounds(Callback):
         grid_images: images (columns) in the logged grid.
         metrics_max_images: metrics use the first this-many images (MMD is quadratic in it).
         mi_steps: training steps of the mask-information classifier (0 skips it). Fewer read subtle traces
-            as none (`metrics.mask_information`); 1,000 take about 10 s on one CPU core.
+            as none (`metrics.mask_information`); 1,000 take about 6 s on one CPU core.
     """
 
     def __init__(self, epochs_per_round: int = 2, reinit_each_round: bool = False, solve_batch_size: int = 256,
