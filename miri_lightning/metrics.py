@@ -41,7 +41,10 @@ def ssim(imputed: torch.Tensor, truth: torch.Tensor) -> float:
                                                      kernel_size=kernel))
 
 
-def mask_information(imputed: torch.Tensor, masks: torch.Tensor, steps: int = 1000, seed: int = 0) -> float:
+MI_STEPS = 1000  # the mask-information classifier's default training steps (see mask_information)
+
+
+def mask_information(imputed: torch.Tensor, masks: torch.Tensor, steps: int = MI_STEPS, seed: int = 0) -> float:
     """Estimated information (bits per entry) that the imputations carry about where entries were missing.
 
     A small convolutional classifier q(m | x_hat) learns, on half of the
@@ -82,7 +85,7 @@ def mask_information(imputed: torch.Tensor, masks: torch.Tensor, steps: int = 10
     return max(0.0, entropy - ce) / math.log(2)
 
 
-def collection_metrics(imputed, masks, truth=None, max_images: int = 2000, mi_steps: int = 1000) -> dict:
+def collection_metrics(imputed, masks, truth=None, max_images: int = 2000, mi_steps: int = MI_STEPS) -> dict:
     """All metrics of a round on the first `max_images` images (ground-truth ones only when `truth` is known)."""
     imputed, masks = imputed[:max_images], masks[:max_images]
     out = {"mutual_information": mask_information(imputed, masks, steps=mi_steps)}

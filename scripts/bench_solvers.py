@@ -42,11 +42,16 @@ def run_datamodule(run: Path):
     return dm
 
 
+def round_checkpoint(run: Path, t: int) -> Path:
+    """Round t's checkpoint in a run folder (train.py names them round001.ckpt, round002.ckpt, ...)."""
+    return run / "checkpoints" / f"round{t:03d}.ckpt"
+
+
 def imputations_after(run: Path, t: int, dm) -> torch.Tensor:
     """x_hat^(t) of a finished run: round t's checkpoint, or `dm`'s initial fill for t = 0."""
     if t == 0:
         return dm.imputations
-    ckpt = run / "checkpoints" / f"round{t:03d}.ckpt"
+    ckpt = round_checkpoint(run, t)
     state = read_checkpoint(ckpt)["MaskedImageDataModule"]
     if state["masks_sha1"] != dm.masks_sha1:
         sys.exit(f"{ckpt}: its masks differ from those rebuilt from the run's config.yaml")
@@ -58,7 +63,7 @@ def round_inputs(run: Path, t: int):
     dm = run_datamodule(run)
     if dm.truth is None:
         sys.exit(f"{run}: its data has no ground truth to score against")
-    ckpt = run / "checkpoints" / f"round{t:03d}.ckpt"
+    ckpt = round_checkpoint(run, t)
     data = read_checkpoint(ckpt)
     net = VelocityUNet(dm.image_shape[0], dm.image_shape[1], UNetConfig(**data["hyper_parameters"]["net"]))
     net.load_state_dict(miri_state(data, ckpt)["round_weights"][t - 1])

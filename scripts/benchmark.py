@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from miri_lightning.baselines import interpolation_fill, knn_fill, mean_fill, noise_fill  # noqa: E402
 from miri_lightning.data.masks import MCAR, RandomBoxes, Strokes  # noqa: E402
 from miri_lightning.data.sources import NpzImages  # noqa: E402
+from miri_lightning.io import atomic_path  # noqa: E402
 from miri_lightning.metrics import mmd_rbf, missing_rmse, psnr, ssim  # noqa: E402
 
 # Mask settings: (mechanism class, its arguments). A mask that is the same for
@@ -110,7 +111,8 @@ def write_table(results: dict, path: Path, reference_mmd: float) -> None:
             cells = [summary([f[k] for f in finals]) for k in ("mmd", "psnr", "ssim", "wall_seconds")]
             lines.append(f"| MIRI ({len(per_seed[0]['miri']) - 1} rounds) | {' | '.join(cells)} |")
         lines.append("")
-    path.write_text("\n".join(lines))
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines))
 
 
 def write_plot(results: dict, path: Path) -> None:
@@ -170,7 +172,8 @@ def main() -> None:
                 shutil.copy(grids[-1], args.out / f"grid_{mask_name}.png")
             results[mask_name].append(entry)
             print(json.dumps({"mask": mask_name, **entry})[:400], flush=True)
-    (args.out / "results.json").write_text(json.dumps({"truth_halves_mmd": reference_mmd, "masks": results}, indent=1))
+    with atomic_path(args.out / "results.json") as tmp:  # the runs behind it may have taken hours
+        tmp.write_text(json.dumps({"truth_halves_mmd": reference_mmd, "masks": results}, indent=1))
     write_table(results, args.out / "table.md", reference_mmd)
     if not args.baselines_only:  # the plot is MIRI's rounds; it needs matplotlib (the `bench` extra)
         write_plot(results, args.out / "rounds.png")

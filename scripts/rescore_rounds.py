@@ -14,23 +14,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
+from itertools import count, takewhile
 from pathlib import Path
 
-from bench_solvers import imputations_after, run_datamodule  # this folder's; it puts the project on sys.path
-from miri_lightning.metrics import collection_metrics
+# this folder's bench_solvers puts the project on sys.path
+from bench_solvers import imputations_after, round_checkpoint, run_datamodule
+from miri_lightning.io import atomic_path
+from miri_lightning.metrics import MI_STEPS, collection_metrics
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, required=True, help="a finished train.py run folder")
     p.add_argument("--rounds", type=int, nargs="+", help="which rounds (default: 0 and every round checkpoint)")
-    p.add_argument("--mi-steps", type=int, default=1000, help="training steps of the mask-information classifier")
+    p.add_argument("--mi-steps", type=int, default=MI_STEPS, help="training steps of the mask-information classifier")
     p.add_argument("--max-images", type=int, default=5000, help="score the first this-many images")
     p.add_argument("--out", type=Path, help="also write the lines here")
     args = p.parse_args()
-    saved = sorted(int(m[1]) for f in (args.run / "checkpoints").glob("round*.ckpt")
-                   if (m := re.fullmatch(r"round(\d+)\.ckpt", f.name)))
+    saved = takewhile(lambda t: round_checkpoint(args.run, t).exists(), count(1))
     dm = run_datamodule(args.run)
     lines = []
     for t in args.rounds or [0, *saved]:
@@ -39,7 +40,8 @@ def main() -> None:
         lines.append(json.dumps({"round": t, **metrics, "mi_steps": args.mi_steps}))
         print(lines[-1], flush=True)
     if args.out:
-        args.out.write_text("\n".join(lines) + "\n")
+        with atomic_path(args.out) as tmp:
+            tmp.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from ..data.datamodule import MaskedImageDataModule
 from ..errors import ConfigError
 from ..grids import imputation_grid, log_grid
 from ..io import save_imputations, save_png, write_round_record
-from ..metrics import collection_metrics
+from ..metrics import MI_STEPS, collection_metrics
 
 ROUNDS_FILE, IMPUTATIONS_FILE, GRIDS_DIR = "rounds.jsonl", "imputations.npz", "grids"
 # The fields of a round's record that measure the machine, not the result (they differ between equal runs).
@@ -92,7 +92,7 @@ class MIRIRounds(Callback):
     """
 
     def __init__(self, epochs_per_round: int = 2, reinit_each_round: bool = False, solve_batch_size: int = 256,
-                 grid_images: int = 8, metrics_max_images: int = 2000, mi_steps: int = 1000):
+                 grid_images: int = 8, metrics_max_images: int = 2000, mi_steps: int = MI_STEPS):
         if epochs_per_round < 1 or solve_batch_size < 1 or grid_images < 1 or metrics_max_images < 2:
             raise ConfigError("rounds: epochs_per_round, solve_batch_size, grid_images must be >= 1 "
                               "and metrics_max_images >= 2")
