@@ -89,11 +89,12 @@ def knn_fill(images: torch.Tensor, masks: torch.Tensor, k: int = 5, chunk: int =
 
 
 def initial_fill(images: torch.Tensor, masks: torch.Tensor, how: InitFill, seed: int = 0,
-                 mean: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """MIRI's x_hat^(0) by `how`; `mean` is a collection's per-entry observed mean (from `images` if None)."""
+                 mean: Optional[torch.Tensor] = None, sigma: float = 1.0) -> torch.Tensor:
+    """MIRI's x_hat^(0) by `how`; `mean` is a collection's per-entry observed mean (from `images` if None),
+    `sigma` the width in pixels of the `interpolation` fill's Gaussian."""
     if how == "noise":
         return noise_fill(images, masks, seed)
     if how == "interpolation":
-        return interpolation_fill(images, masks)
+        return interpolation_fill(images, masks, sigma)
     mean = observed_mean(images, masks) if mean is None else mean
     return torch.where(masks, images, mean.to(images.dtype).expand_as(images))

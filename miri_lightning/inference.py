@@ -41,9 +41,11 @@ def _from_training_checkpoint(data: dict, path: Path) -> dict:
         raise DataError(f"{path} is not a miri-lightning checkpoint (no MIRI model or per-round weights in it)")
     if not weights:
         raise DataError(f"{path} was saved before the first round ended: it has no velocity field to apply")
+    # Checkpoints from before `data.fill_sigma` existed were filled with sigma 1.
     return {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "image_shape": list(hparams["image_shape"]),
             "net": hparams["net"], "solver": hparams["solver"], "init_fill": state.get("init_fill", "noise"),
-            "fill_values": state.get("fill_values"), "round_weights": weights}
+            "fill_sigma": state.get("fill_sigma", 1.0), "fill_values": state.get("fill_values"),
+            "round_weights": weights}
 
 
 class MIRIImputer:
@@ -55,17 +57,18 @@ class MIRIImputer:
         round_weights: state dicts of v_1 ... v_T.
         solver: default ODE solver (overridable per call).
         init_fill: round 0's fill of missing entries: `noise`, `mean` or `interpolation`.
+        fill_sigma: the `interpolation` fill's Gaussian width in pixels.
         fill_values: the training collection's per-entry observed mean (for `mean`).
         device, precision: where and how to compute (`32`, `bf16` or `16` autocast).
     """
 
     def __init__(self, image_shape, net: UNetConfig, round_weights: list[dict], solver: SolverConfig,
-                 init_fill: str = "noise", fill_values: Optional[torch.Tensor] = None,
+                 init_fill: str = "noise", fill_sigma: float = 1.0, fill_values: Optional[torch.Tensor] = None,
                  device: str | torch.device = "cpu", precision: str = "32"):
         if precision not in PRECISIONS:
             raise DataError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.image_shape = tuple(int(s) for s in image_shape)
-        self.net_config, self.solver, self.init_fill = net, solver, init_fill
+        self.net_config, self.solver, self.init_fill, self.fill_sigma = net, solver, init_fill, fill_sigma
         self.fill_values, self.round_weights = fill_values, round_weights
         self.device, self.precision = torch.device(device), precision
         self.net = VelocityUNet(self.image_shape[0], self.image_shape[1], net).to(self.device).eval()
@@ -81,7 +84,8 @@ class MIRIImputer:
             raise DataError(f"{path} is export version {data.get('version')}; this miri-lightning reads "
                             f"version {EXPORT_VERSION}")
         return cls(data["image_shape"], UNetConfig(**data["net"]), data["round_weights"],
-                   SolverConfig(**data["solver"]), data["init_fill"], data["fill_values"], device, precision)
+                   SolverConfig(**data["solver"]), data["init_fill"], data.get("fill_sigma", 1.0), data["fill_values"],
+                   device, precision)
 
     def export(self, path: str | os.PathLike, half: bool = False) -> None:
         """Write only what inference needs (weights in float16 if `half`), atomically."""
@@ -89,7 +93,7 @@ class MIRIImputer:
         weights = [{k: v.to(dtype) if v.is_floating_point() else v for k, v in w.items()} for w in self.round_weights]
         data = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "image_shape": list(self.image_shape),
                 "net": asdict(self.net_config), "solver": asdict(self.solver), "init_fill": self.init_fill,
-                "fill_values": self.fill_values, "round_weights": weights}
+                "fill_sigma": self.fill_sigma, "fill_values": self.fill_values, "round_weights": weights}
         with atomic_path(path) as tmp:
             torch.save(data, tmp)
 
@@ -119,7 +123,7 @@ class MIRIImputer:
 
     def initial_fill(self, images: torch.Tensor, masks: torch.Tensor, seed: int) -> torch.Tensor:
         """x_hat^(0) of new images, filled the way round 0 filled the training collection."""
-        return initial_fill(images.float(), masks, self.init_fill, seed, self.fill_values)
+        return initial_fill(images.float(), masks, self.init_fill, seed, self.fill_values, self.fill_sigma)
 
     def impute(self, images: torch.Tensor, masks: torch.Tensor, seed: int = 0, num_samples: int = 1,
                batch_size: int = 256, method: Optional[str] = None, steps: Optional[int] = None,

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from miri_lightning.baselines import interpolation_fill
 from miri_lightning.data.datamodule import MaskedImageDataModule
 from miri_lightning.data.masks import MCAR, CenterBox
 from miri_lightning.data.sources import ImageSet, ImageSource, NpzImages, Shapes
@@ -33,6 +34,18 @@ def test_initial_fill_keeps_observed_entries_and_fills_missing_ones(fill):
         per_entry = torch.where(observed, torch.nan, dm.imputations)
         spread = per_entry.nan_to_num(0).amax(0) - torch.where(observed, torch.inf, dm.imputations).amin(0)
         assert (spread[~observed.all(0)] <= 1e-6).all()
+
+
+def test_fill_sigma_sets_the_interpolation_width():
+    narrow, wide = make_dm(init_fill="interpolation", fill_sigma=0.4), make_dm(init_fill="interpolation")
+    observed = narrow.masks
+    assert torch.equal(narrow.imputations[observed], narrow.truth[observed])
+    assert torch.equal(narrow.imputations, interpolation_fill(narrow.truth, observed, sigma=0.4))
+    assert torch.equal(wide.imputations, interpolation_fill(wide.truth, observed, sigma=1.0))
+    assert not torch.equal(narrow.imputations, wide.imputations)
+    assert narrow.state_dict()["fill_sigma"] == 0.4
+    with pytest.raises(ConfigError, match=r"data.fill_sigma must be > 0 \(pixels\), got 0"):
+        make_dm(init_fill="interpolation", fill_sigma=0)
 
 
 def test_same_seed_same_collection():

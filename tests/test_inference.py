@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from conftest import run_cli
+from miri_lightning.baselines import interpolation_fill
 from miri_lightning.data.masks import MCAR
 from miri_lightning.data.sources import Shapes
 from miri_lightning.errors import DataError
@@ -69,6 +70,25 @@ def test_export_is_smaller_safe_and_gives_the_same_result(ckpt, held_out, tmp_pa
     assert torch.equal(MIRIImputer.load(tmp_path / "model.pt").impute(images, masks, seed=4), expected)
     half = MIRIImputer.load(tmp_path / "half.pt").impute(images, masks, seed=4)
     assert (half - expected).abs().max() < 0.05
+
+
+def test_new_images_get_the_training_runs_interpolation_width(tmp_path, held_out):
+    run = run_cli(tmp_path / "run", "--trainer.max_epochs", "1", "--rounds.epochs_per_round", "1",
+                  "--data.init_fill", "interpolation", "--data.fill_sigma", "0.4")
+    images, masks = held_out
+    full = masks.expand_as(images)
+    narrow = interpolation_fill(images, full, sigma=0.4)
+    assert not torch.equal(narrow, interpolation_fill(images, full, sigma=1.0))
+    imputer = MIRIImputer.load(run / "checkpoints" / "last.ckpt")
+    assert torch.equal(imputer.initial_fill(images, full, seed=0), narrow)
+    imputer.export(tmp_path / "model.pt")
+    assert torch.equal(MIRIImputer.load(tmp_path / "model.pt").initial_fill(images, full, seed=0), narrow)
+    # Files written before the option existed were filled with sigma 1.
+    old = torch.load(tmp_path / "model.pt", weights_only=True)
+    del old["fill_sigma"]
+    torch.save(old, tmp_path / "old.pt")
+    wide = MIRIImputer.load(tmp_path / "old.pt").initial_fill(images, full, seed=0)
+    assert torch.equal(wide, interpolation_fill(images, full, sigma=1.0))
 
 
 def write_pngs(folder: Path, images, masks=None, alpha=False) -> None:

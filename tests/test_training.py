@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch import Callback
 
 from conftest import ROOT, TINY, HostReads, read_imputations, read_rounds, run_cli
-from miri_lightning.cli import MIRICLI, build_cli, main
+from miri_lightning.cli import MIRICLI, build_cli
 from miri_lightning.data.datamodule import MaskedImageDataModule
 from miri_lightning.data.masks import MCAR
 from miri_lightning.data.sources import Shapes
