@@ -43,7 +43,8 @@ def test_fill_sigma_sets_the_interpolation_width():
     assert torch.equal(narrow.imputations, interpolation_fill(narrow.truth, observed, sigma=0.4))
     assert torch.equal(wide.imputations, interpolation_fill(wide.truth, observed, sigma=1.0))
     assert not torch.equal(narrow.imputations, wide.imputations)
-    assert narrow.state_dict()["fill_sigma"] == 0.4
+    wide.load_state_dict(narrow.state_dict())  # a resume with another width: round 0 was the checkpoint's
+    assert wide.fill_sigma == 0.4 and wide.state_dict()["fill_sigma"] == 0.4
     with pytest.raises(ConfigError, match=r"data.fill_sigma must be > 0 \(pixels\), got 0"):
         make_dm(init_fill="interpolation", fill_sigma=0)
 
