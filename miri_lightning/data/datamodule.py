@@ -85,7 +85,8 @@ class MaskedImageDataModule(LightningDataModule):
         fill_sigma: width in pixels of the `interpolation` fill's Gaussian. 1
             averages about a 3x3 neighbourhood; 0.4 all but copies the nearest
             observed pixels (a neighbour at distance 1 weighs 23 times one at
-            sqrt(2)), which keeps the images' texture.
+            sqrt(2)): it blurs less, and on CIFAR-10 MIRI went further from it
+            (docs/performance.md).
         batch_size: training images per step on each device.
         num_workers: DataLoader worker processes.
         seed: seed of the initial fill and of the batch order.
