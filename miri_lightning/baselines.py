@@ -98,3 +98,12 @@ def initial_fill(images: torch.Tensor, masks: torch.Tensor, how: InitFill, seed:
         return interpolation_fill(images, masks, sigma)
     mean = observed_mean(images, masks) if mean is None else mean
     return torch.where(masks, images, mean.to(images.dtype).expand_as(images))
+
+
+def saved_fill(state: dict) -> dict:
+    """How round 0 was filled (`init_fill`, `fill_sigma`, `fill_values`), from a checkpoint's datamodule state.
+
+    Checkpoints from before an option existed read as what was used then: noise, sigma 1.
+    """
+    return {"init_fill": state.get("init_fill", "noise"), "fill_sigma": state.get("fill_sigma", 1.0),
+            "fill_values": state.get("fill_values")}

@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
-from .baselines import initial_fill
+from .baselines import initial_fill, saved_fill
 from .checkpoints import miri_state, read_checkpoint
 from .data.checks import check_binary, images_without_observed
 from .errors import DataError
@@ -41,11 +41,8 @@ def _from_training_checkpoint(data: dict, path: Path) -> dict:
         raise DataError(f"{path} is not a miri-lightning checkpoint (no MIRI model or per-round weights in it)")
     if not weights:
         raise DataError(f"{path} was saved before the first round ended: it has no velocity field to apply")
-    # Checkpoints from before `data.fill_sigma` existed were filled with sigma 1.
     return {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "image_shape": list(hparams["image_shape"]),
-            "net": hparams["net"], "solver": hparams["solver"], "init_fill": state.get("init_fill", "noise"),
-            "fill_sigma": state.get("fill_sigma", 1.0), "fill_values": state.get("fill_values"),
-            "round_weights": weights}
+            "net": hparams["net"], "solver": hparams["solver"], **saved_fill(state), "round_weights": weights}
 
 
 class MIRIImputer:
@@ -84,8 +81,9 @@ class MIRIImputer:
             raise DataError(f"{path} is export version {data.get('version')}; this miri-lightning reads "
                             f"version {EXPORT_VERSION}")
         return cls(data["image_shape"], UNetConfig(**data["net"]), data["round_weights"],
-                   SolverConfig(**data["solver"]), data["init_fill"], data.get("fill_sigma", 1.0), data["fill_values"],
-                   device, precision)
+                   SolverConfig(**data["solver"]), data["init_fill"],
+                   data.get("fill_sigma", 1.0),  # exports from before data.fill_sigma existed: sigma 1
+                   data["fill_values"], device, precision)
 
     def export(self, path: str | os.PathLike, half: bool = False) -> None:
         """Write only what inference needs (weights in float16 if `half`), atomically."""

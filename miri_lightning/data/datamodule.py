@@ -12,7 +12,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ..baselines import InitFill, initial_fill, observed_mean
+from ..baselines import InitFill, initial_fill, observed_mean, saved_fill
 from ..errors import ConfigError, DataError
 from .checks import images_without_missing, images_without_observed, shorten
 from .masks import MCAR, MaskMechanism
@@ -304,10 +304,10 @@ class MaskedImageDataModule(LightningDataModule):
                 "the checkpoint's masks differ from this run's: resume with the same data and mask settings"
             )
         self.round = int(state["round"])
-        # Round 0 was filled as the checkpoint says (old ones: sigma 1), whatever this run's config says;
-        # inference fills new images from these.
-        self.init_fill, self.fill_sigma = state.get("init_fill", self.init_fill), state.get("fill_sigma", 1.0)
-        self.fill_values = state.get("fill_values", self.fill_values)
+        # Round 0 was filled as the checkpoint says, whatever this run's config says; inference fills new
+        # images from these.
+        fill = saved_fill(state)
+        self.init_fill, self.fill_sigma, self.fill_values = fill["init_fill"], fill["fill_sigma"], fill["fill_values"]
         saved = state.get("imputations")
         if saved is None:  # a memory-mapped run: this node's copy of the round's file
             node = self.trainer.node_rank if self.trainer else 0
