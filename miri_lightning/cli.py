@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.plugins import Precision
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from .callbacks import MIRIRounds, RoundProgressBar
+from .callbacks import MIRIRounds, RoundCheckpoint, RoundProgressBar
 from .checkpoints import AtomicCheckpointIO, check_resume
 from .data.datamodule import MaskedImageDataModule
 from .errors import ConfigError, MIRIError
@@ -122,10 +122,9 @@ class MIRICLI(LightningCLI):
                             help="resume from this checkpoint (e.g. RUN/checkpoints/last.ckpt)")
         parser.add_class_arguments(LoggingConfig, "logging")
         parser.add_lightning_class_args(MIRIRounds, "rounds")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RoundCheckpoint, "checkpoint")
         parser.set_defaults({
             "trainer.default_root_dir": "checkpoints/miri",
-            "trainer.max_epochs": 20,
             "trainer.num_sanity_val_steps": 0,
             "checkpoint.filename": "round{round:03.0f}",
             "checkpoint.auto_insert_metric_name": False,
@@ -133,8 +132,13 @@ class MIRICLI(LightningCLI):
             "checkpoint.save_last": True,
             # A resumed run that redoes a round replaces that round's file instead of adding round002-v1.ckpt.
             "checkpoint.enable_version_counter": False,
+            # Rounds end at epoch ends (RoundCheckpoint saves only those), not at validation ends.
+            "checkpoint.every_n_epochs": 1,
+            "checkpoint.save_on_train_epoch_end": True,
         })
-        parser.link_arguments("rounds.epochs_per_round", "checkpoint.every_n_epochs")
+        # An epoch is a round's training (rounds.steps optimiser steps at most), so the rounds set the epochs.
+        parser.link_arguments(("rounds.num_rounds", "rounds.on_worse", "rounds.max_retries"), "trainer.max_epochs",
+                              compute_fn=MIRIRounds.epochs_needed)
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath",
                               compute_fn=lambda run_dir: str(Path(run_dir) / "checkpoints"))
 

@@ -49,6 +49,32 @@ def missing_mse(pred: torch.Tensor, target: torch.Tensor, m: torch.Tensor) -> to
     return (missing * (pred - target).square()).sum() / missing.sum().clamp_min(1)
 
 
+@torch.no_grad()
+def heldout_loss(velocity: Velocity, images: torch.Tensor, masks: torch.Tensor, batch_size: int,
+                 device: torch.device, draws: int = 4, seed: int = 0,
+                 context: Callable[[], ContextManager] = contextlib.nullcontext) -> float:
+    """The flow-matching loss of `velocity` on held-out images, over all their missing entries.
+
+    Partners and tau come from `seed` alone, so two calls differ only through
+    the network: a falling value is the velocity improving, not new draws.
+    Each image is paired `draws` times (partners from the held-out images).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    squared, count = 0.0, 0.0
+    for _ in range(draws):
+        partner = derangement(len(images), generator=generator)
+        tau = torch.rand(len(images), generator=generator)
+        for part in torch.arange(len(images)).split(batch_size):
+            x0, x1 = images[part].to(device), images[partner[part]].to(device)
+            m, t = masks[part].to(device, x0.dtype), tau[part].to(device)
+            a, b, target = training_pair(x0, x1, m, t)
+            with context():
+                pred = velocity(a, b, m, t).float()
+            squared += float(((1 - m) * (pred - target).square()).sum())
+            count += float((1 - m).sum())
+    return squared / max(count, 1.0)
+
+
 @dataclass(frozen=True)
 class SolverConfig:
     """How the re-imputation ODE is solved (torchdiffeq).

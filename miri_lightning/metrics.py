@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import statistics
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -85,10 +87,32 @@ def mask_information(imputed: torch.Tensor, masks: torch.Tensor, steps: int = MI
     return max(0.0, entropy - ce) / math.log(2)
 
 
-def collection_metrics(imputed, masks, truth=None, max_images: int = 2000, mi_steps: int = MI_STEPS) -> dict:
-    """All metrics of a round on the first `max_images` images (ground-truth ones only when `truth` is known)."""
+def information_rose(before: Optional[dict], after: dict, z: float = 2.0) -> bool:
+    """Whether `after`'s mask information exceeds `before`'s by more than `z` standard errors of the difference.
+
+    Each holds `mutual_information` (a mean over classifier seeds) and, with
+    several seeds, `mutual_information_se` (its standard error): the estimate's
+    own spread, so that a rise within the classifier's noise is not called worse.
+    With one seed any rise counts.
+    """
+    if not before:
+        return False
+    rise = after["mutual_information"] - before["mutual_information"]
+    return rise > z * math.hypot(after.get("mutual_information_se", 0.0), before.get("mutual_information_se", 0.0))
+
+
+def collection_metrics(imputed, masks, truth=None, max_images: int = 2000, mi_steps: int = MI_STEPS,
+                       mi_seeds: int = 1) -> dict:
+    """All metrics of a round on the first `max_images` images (ground-truth ones only when `truth` is known).
+
+    The mask information is the mean over `mi_seeds` classifier seeds, with
+    its standard error (`mutual_information_se`) when there are several.
+    """
     imputed, masks = imputed[:max_images], masks[:max_images]
-    out = {"mutual_information": mask_information(imputed, masks, steps=mi_steps)}
+    estimates = [mask_information(imputed, masks, steps=mi_steps, seed=seed) for seed in range(mi_seeds)]
+    out = {"mutual_information": statistics.fmean(estimates)}
+    if mi_seeds > 1:
+        out["mutual_information_se"] = statistics.stdev(estimates) / math.sqrt(mi_seeds)
     if truth is not None:
         truth = truth[:max_images]
         rmse = missing_rmse(imputed, truth, masks)

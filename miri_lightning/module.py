@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from .checkpoints import CHECKPOINT_FORMAT
 from .ema import EMA
 from .errors import ConfigError, TrainingError
-from .flow import SolverConfig, derangement, missing_mse, solve_batches, training_pair
+from .flow import SolverConfig, derangement, heldout_loss, missing_mse, solve_batches, training_pair
 from .models.unet import UNetConfig, VelocityUNet
 
 # torch.compile's modes (`model.compile`). The solve's EMA copy takes the twin without CUDA graphs.
@@ -41,6 +41,13 @@ def on_any_process(flag: torch.Tensor) -> torch.Tensor:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
     return flag > 0
+
+
+def random_window(x: torch.Tensor, m: torch.Tensor, size: int, generator: torch.Generator):
+    """The same random `size` x `size` window of every image of a batch and of its mask (`generator` on the CPU:
+    drawing the corner reads nothing from the device)."""
+    top, left = (int(torch.randint(0, side - size + 1, (1,), generator=generator)) for side in x.shape[-2:])
+    return x[..., top:top + size, left:left + size], m[..., top:top + size, left:left + size]
 
 
 class StepTally:
@@ -119,6 +126,12 @@ class MIRI(LightningModule):
             graphs would overwrite).
         fused_adamw: AdamW's fused kernel, one launch per step instead of
             several per parameter group.
+        train_crop: train on random `train_crop` x `train_crop` windows of
+            each batch (one window per batch, the same for images and
+            partners) instead of whole images. The U-Net is convolutional, so
+            the velocity learnt on crops applies to whole images: the
+            re-imputation and the held-out loss use whole images. A step then
+            costs about (crop / side)^2 of a whole image's.
         seed: seed of the network initialisation and of the training draws
             (partners, tau), which depend only on (seed, epoch, rank) so that a
             resumed run draws what an uninterrupted one would. (Dropout, off
@@ -139,6 +152,7 @@ class MIRI(LightningModule):
         channels_last: bool = True,
         compile: Union[bool, CompileMode] = False,
         fused_adamw: bool = True,
+        train_crop: Optional[int] = None,
         seed: int = 0,
         image_shape: Optional[tuple[int, int, int]] = None,
     ):
@@ -157,7 +171,7 @@ class MIRI(LightningModule):
             {"net": asdict(net), "lr": lr, "weight_decay": weight_decay, "warmup_steps": warmup_steps,
              "final_lr_ratio": final_lr_ratio, "ema_decay": ema_decay, "max_bad_steps": max_bad_steps,
              "solver": asdict(solver), "channels_last": channels_last, "compile": compile,
-             "fused_adamw": fused_adamw, "seed": seed, "image_shape": image_shape}
+             "fused_adamw": fused_adamw, "train_crop": train_crop, "seed": seed, "image_shape": image_shape}
         )
         self.net_config, self.solver = net, solver
         self.velocity: Optional[VelocityUNet] = None
@@ -170,6 +184,7 @@ class MIRI(LightningModule):
         self.tally = StepTally()
         self.last_loss: Optional[float] = None
         self.solve_fits = 2**62  # the largest solve batch known to fit in device memory
+        self.round_converged = False  # set by MIRIRounds: end this round's training now
         if image_shape is not None:
             self._build(tuple(image_shape))
 
@@ -180,6 +195,10 @@ class MIRI(LightningModule):
         if height != width:
             raise ConfigError(f"images must be square for the U-Net, got {height}x{width}")
         self.hparams["image_shape"] = shape
+        crop, halvings = self.hparams.get("train_crop"), 2 ** (len(self.net_config.channel_mults) - 1)
+        if crop is not None and not (0 < crop <= height and crop % halvings == 0):
+            raise ConfigError(f"model.train_crop must be a multiple of {halvings} (the U-Net halves it "
+                              f"{halvings.bit_length() - 1} times) and at most the image side {height}, got {crop}")
         self.velocity = VelocityUNet(channels, height, self.net_config)
         self.velocity.reset_parameters(seed=self.hparams.seed)
         self.velocity.to(memory_format=self.memory_format)
@@ -225,9 +244,16 @@ class MIRI(LightningModule):
         # A generator of our own: no other code's use of the global RNG can shift these draws.
         seed = (self.hparams.seed * 1_000_003 + self.current_epoch * 1009 + self.global_rank) % 2**63
         self.draws = torch.Generator(device=self.device).manual_seed(seed)
+        self.windows = torch.Generator().manual_seed(seed)  # train_crop's corners
+
+    def on_train_batch_start(self, batch, batch_idx):
+        # An epoch is a round's training: -1 ends it early, once MIRIRounds finds the velocity converged.
+        return -1 if self.round_converged else None
 
     def training_step(self, batch, batch_idx):
         _, x0, m = batch
+        if self.hparams.get("train_crop"):
+            x0, m = random_window(x0, m, self.hparams.train_crop, self.windows)
         x0, m = x0.contiguous(memory_format=self.memory_format), m.to(x0.dtype, memory_format=self.memory_format)
         x1 = x0[derangement(len(x0), generator=self.draws)]  # partners independent of the images
         tau = torch.rand(len(x0), device=x0.device, generator=self.draws)
@@ -342,6 +368,18 @@ class MIRI(LightningModule):
                                              self.device, context, self.memory_format)
         net.train(was_training)
         return out
+
+    def heldout_loss(self, images: torch.Tensor, masks: torch.Tensor, batch_size: int = 256) -> float:
+        """The EMA velocity's flow-matching loss on held-out images, with the same draws at every call."""
+        net = self.ema.module
+        was_training = net.training
+        net.eval()
+        context = self.trainer.precision_plugin.forward_context if self._trainer else contextlib.nullcontext
+        loss = heldout_loss(net, images.contiguous(memory_format=self.memory_format),
+                            masks.contiguous(memory_format=self.memory_format), batch_size, self.device,
+                            seed=self.hparams.seed, context=context)
+        net.train(was_training)
+        return loss
 
     # -- checkpoint -------------------------------------------------------
 

@@ -25,8 +25,7 @@ def impute_seconds(processes: int, images: int, size: int, steps: int, extra: li
         cmd = [
             sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "quickstart.yaml"),
             "--data.source.init_args.num_images", str(images), "--data.source.init_args.image_size", str(size),
-            "--model.solver.steps", str(steps), "--trainer.max_epochs", "1", "--rounds.epochs_per_round", "1",
-            "--trainer.limit_train_batches", "2", "--rounds.mi_steps", "0", "--logging.backend", "csv",
+            "--model.solver.steps", str(steps), "--rounds.num_rounds", "1", "--rounds.steps", "2", "--rounds.mi_steps", "0", "--logging.backend", "csv",
             "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu",
             "--trainer.devices", str(processes), "--trainer.default_root_dir", run_dir, *extra,
         ]

@@ -6,8 +6,8 @@
 
 Every figure comes from real `train.py` runs and their rounds.jsonl:
 
-- throughput: `--rounds` short rounds per config (`--epochs` epochs of
-  training, then one full re-imputation), figures of the last, warm round
+- throughput: `--rounds` short rounds per config (`--steps` optimiser steps
+  of training, then one full re-imputation), figures of the last, warm round
   (compilation and first-call costs are in round 1): training images/s
   (forward, backward, optimiser and EMA step, data loading included),
   re-imputation images/s (a full ODE solve of the collection), peak memory
@@ -18,8 +18,7 @@ Every figure comes from real `train.py` runs and their rounds.jsonl:
   below `--target-mmd`, or `--budget` seconds of training and re-imputation
   have passed; if the baseline did not get there, the ratio is a lower bound:
   the longer of its finished rounds and one round of its recipe (its
-  epochs_per_round times its fastest epoch in the warm throughput round,
-  plus a solve; `--baseline-budget 0` skips its run, as the paper's recipe
+  `rounds.steps` at the step time of the warm throughput round, plus a solve; `--baseline-budget 0` skips its run, as the paper's recipe
   needs a long time for one round);
 - `--levers`: instead of the baseline, `--config` with each speed option
   off and on (alternating runs), and the on/off ratios.
@@ -92,32 +91,33 @@ def train(config: Path, overrides: list[str], budget: float | None = None, profi
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def throughput(config: Path, data: list[str], epochs: int, rounds: int, extra: list[str]) -> dict:
-    """`rounds` rounds of `epochs` training epochs and one re-imputation each; the last round's figures,
+def throughput(config: Path, data: list[str], steps: int, rounds: int, extra: list[str]) -> dict:
+    """`rounds` rounds of `steps` training steps and one re-imputation each; the last round's figures,
     and (from a warm round) a floor for one round of the config's own recipe."""
-    last = train(config, [*data, *extra, *short_rounds(epochs, rounds)])[-1]
+    last = train(config, [*data, *extra, *short_rounds(steps, rounds)])[-1]
     keys = ("train_images_per_second", "impute_images_per_second", "peak_memory_gb")
     figures = {key: round(last[key], 3) for key in keys}
     if rounds >= 2:  # round 1 holds compilation and first calls: no floor from it
-        # each of the recipe's epochs takes at least the fastest epoch measured; then one solve
-        floor = recipe_epochs(config, extra) * last["fastest_epoch_seconds"] + last["impute_seconds"]
+        # each of the recipe's steps takes at least a step of the fastest epoch measured; then one solve
+        step_seconds = last["fastest_epoch_seconds"] / steps
+        floor = recipe_steps(config, extra) * step_seconds + last["impute_seconds"]
         figures["recipe_round_seconds_at_least"] = round(floor, 1)
     return figures
 
 
-def short_rounds(epochs: int, rounds: int) -> list[str]:
-    """Overrides for `rounds` rounds of `epochs` epochs without the mutual-information probe; they must come
-    after any others, to win."""
-    return ["--trainer.max_epochs", str(epochs * rounds), "--rounds.epochs_per_round", str(epochs),
-            "--rounds.mi_steps", "0"]
+def short_rounds(steps: int, rounds: int) -> list[str]:
+    """Overrides for `rounds` rounds of `steps` optimiser steps without the mask-information probe and held-out
+    loss; they must come after any others, to win."""
+    return ["--rounds.num_rounds", str(rounds), "--rounds.steps", str(steps), "--rounds.min_steps", "null",
+            "--rounds.mi_steps", "0", "--rounds.on_worse", "warn", "--data.val_fraction", "0"]
 
 
-def recipe_epochs(config: Path, overrides: list[str]) -> int:
-    """The training epochs of one round of `config` as run with `overrides`."""
+def recipe_steps(config: Path, overrides: list[str]) -> int:
+    """The most training steps of one round of `config` as run with `overrides`."""
     value = (yaml.safe_load(config.read_text()).get("rounds") or {}).get(
-        "epochs_per_round", inspect.signature(MIRIRounds).parameters["epochs_per_round"].default)
+        "steps", inspect.signature(MIRIRounds).parameters["steps"].default)
     for key, given in zip(overrides, overrides[1:]):
-        if key == "--rounds.epochs_per_round":
+        if key == "--rounds.steps":
             value = given
     return int(value)
 
@@ -159,7 +159,7 @@ def levers(config: Path, data: list[str], args, report) -> None:
         runs = {"off": [], "on": []}
         for _ in range(args.repeats):
             for state, overrides in zip(runs, LEVERS[name]):
-                runs[state].append(throughput(config, data, args.epochs, args.rounds, [*args.overrides, *overrides]))
+                runs[state].append(throughput(config, data, args.steps, args.rounds, [*args.overrides, *overrides]))
         mean = {state: {key: round(sum(r[key] for r in rs) / len(rs), 3) for key in rs[0]} for state, rs in runs.items()}
         report(name, {**mean, "runs": runs, "ratios": {
             key: round(mean["on"][key] / mean["off"][key], 3)
@@ -201,7 +201,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, default=ROOT / "configs" / "quickstart.yaml")
     p.add_argument("--baseline", type=Path, default=ROOT / "configs" / "paper.yaml")
-    p.add_argument("--epochs", type=int, default=3, help="training epochs of each throughput round")
+    p.add_argument("--steps", type=int, default=45, help="optimiser steps of each throughput round")
     p.add_argument("--rounds", type=int, default=2, help="throughput rounds; the last one is measured")
     p.add_argument("--peak-tflops", type=float, help="the device's peak TFLOP/s, for the share reached")
     p.add_argument("--target-mmd", type=float, default=1e-3)
@@ -227,7 +227,7 @@ def main() -> None:
     runs = {"ours": args.config, "baseline": args.baseline}
     report = Report(args.out)
     for name, path in runs.items():
-        figures = throughput(path, data, args.epochs, args.rounds, args.overrides)
+        figures = throughput(path, data, args.steps, args.rounds, args.overrides)
         report(name, {"config": str(path), "throughput": with_tflops(
             figures, flops_per_image(path, data, args.overrides), args.peak_tflops)})
     budgets = {"ours": args.budget, "baseline": args.budget if args.baseline_budget is None else args.baseline_budget}

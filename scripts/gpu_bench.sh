@@ -59,16 +59,16 @@ PEAK
 # 989 TFLOP/s: the H100/H200 SXM datasheet's dense bf16 peak (device.txt has the measured one).
 for name in $STAGES; do
   case $name in
-    levers) stage levers "$(cap 330)" --levers --config configs/cifar10.yaml --epochs 2 --rounds 2 \
+    levers) stage levers "$(cap 330)" --levers --config configs/cifar10.yaml --steps 40 --rounds 2 \
               --only "torch.compile" "CUDA graphs" "cuDNN autotuning" "state on the device" "fused AdamW" \
               "channels_last" "bf16 autocast" -- $CIFAR $EXTRA ;;
     # The whole of configs/mnist.yaml (13 rounds; MMD 1e-4 at round 12 on a CPU). The paper's recipe needs
-    # 900 epochs for its first MMD: its run is skipped, the ratio is a lower bound from its warm epochs.
-    quality) stage quality "$(cap 430)" --config configs/mnist.yaml --epochs 3 --rounds 2 --peak-tflops 989 \
+    # 9,000 steps for its first MMD: its run is skipped, the ratio is a lower bound from its warm steps.
+    quality) stage quality "$(cap 430)" --config configs/mnist.yaml --steps 60 --rounds 2 --peak-tflops 989 \
                --target-mmd 1e-4 --budget "$(cap 300)" --baseline-budget 0 -- $MNIST $EXTRA ;;
-    mnist) stage mnist "$(cap 110)" --config configs/mnist.yaml --skip-quality --epochs 3 --rounds 2 \
+    mnist) stage mnist "$(cap 110)" --config configs/mnist.yaml --skip-quality --steps 60 --rounds 2 \
              --peak-tflops 989 -- $MNIST $EXTRA ;;
-    cifar10) stage cifar10 "$(cap 130)" --config configs/cifar10.yaml --skip-quality --epochs 3 --rounds 2 \
+    cifar10) stage cifar10 "$(cap 130)" --config configs/cifar10.yaml --skip-quality --steps 60 --rounds 2 \
                --peak-tflops 989 -- $CIFAR $EXTRA ;;
     *) echo "unknown stage $name (levers, quality, mnist, cifar10)" >&2; exit 2 ;;
   esac

@@ -9,8 +9,8 @@
    allocations included). On a GPU each is about one kernel launch, and the
    count is the same on any machine: a change's effect on a launch-bound GPU
    step can be predicted from a CPU.
-2. train.py's step: 2 rounds of `--epochs` epochs, the second (warm) round's
-   fastest epoch, per step.
+2. train.py's step: 2 rounds of `--round-steps` steps, the second (warm)
+   round's training time, per step.
 3. With `--top N`, another train.py run under cProfile: the N functions
    with the most time of their own (start-up included).
 
@@ -94,7 +94,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, default=ROOT / "configs" / "quickstart.yaml")
     p.add_argument("--steps", type=int, default=30, help="timed bare steps")
-    p.add_argument("--epochs", type=int, default=2, help="epochs of each train.py round (0: no train.py run)")
+    p.add_argument("--round-steps", type=int, default=30, help="steps of each train.py round (0: no train.py run)")
     p.add_argument("--top", type=int, default=25, help="functions of the cProfile run to list (0: no such run)")
     p.add_argument("--out", type=Path, default=Path("profile_step.json"))
     p.add_argument("overrides", nargs="*", help="train.py overrides, after --")
@@ -103,14 +103,13 @@ def main() -> None:
         cli = build_cli(["--config", str(args.config), *QUIET, "--trainer.default_root_dir", run_dir,
                          *args.overrides])
         result = {"batch_size": cli.datamodule.batch_size, **bare_step(cli, args.steps)}  # loads the collection
-        steps = len(cli.datamodule.masks) // cli.datamodule.batch_size  # per epoch
-    if args.epochs:
-        warm = train(args.config, [*args.overrides, *short_rounds(args.epochs, 2)])[-1]
-        result["train_step_ms"] = round(warm["fastest_epoch_seconds"] / steps * 1e3, 2)
+    if args.round_steps:
+        warm = train(args.config, [*args.overrides, *short_rounds(args.round_steps, 2)])[-1]
+        result["train_step_ms"] = round(warm["fastest_epoch_seconds"] / args.round_steps * 1e3, 2)
         if args.top:
             with tempfile.TemporaryDirectory() as folder:
                 profile = Path(folder) / "train.prof"
-                train(args.config, [*args.overrides, *short_rounds(args.epochs, 1)], profile=profile)
+                train(args.config, [*args.overrides, *short_rounds(args.round_steps, 1)], profile=profile)
                 result["top_own_time"] = costliest(profile, args.top)
     args.out.write_text(json.dumps(result, indent=1))
     print(json.dumps({k: v for k, v in result.items() if k != "top_own_time"}))

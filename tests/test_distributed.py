@@ -15,7 +15,7 @@ from miri_lightning.data.sources import Shapes
 
 N = 65  # not divisible by the 2 ranks
 DDP = ["--data.source.init_args.num_images", str(N), "--rounds.solve_batch_size", "8",
-       "--trainer.max_epochs", "2", "--rounds.epochs_per_round", "1",
+       "--rounds.num_rounds", "2", "--rounds.steps", "2",
        "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2"]
 
 

@@ -26,7 +26,7 @@ from miri_lightning.errors import OutputError
 from miri_lightning.io import save_imputations, save_png, write_round_record
 
 # Two rounds of two epochs; 64 images in batches of 16: 4 training steps an epoch, 4 solve chunks a round.
-ARGS = ["--trainer.max_epochs", "4", "--rounds.epochs_per_round", "2", "--rounds.solve_batch_size", "16"]
+ARGS = ["--rounds.num_rounds", "2", "--rounds.steps", "8", "--rounds.solve_batch_size", "16"]
 
 
 def callback(name: str, **init_args) -> str:
@@ -89,8 +89,8 @@ def assert_same_result(run_dir: Path, reference: Path) -> None:
 
 
 @pytest.mark.parametrize("kill, rounds_on_disk", [
-    (callback("KillInTraining", epoch=3, batch=2), [0, 1]),
-    (callback("KillInReimputation", epoch=3, chunks=2), [0, 1]),
+    (callback("KillInTraining", epoch=1, batch=6), [0, 1]),
+    (callback("KillInReimputation", epoch=1, chunks=2), [0, 1]),
     # The 4th checkpoint is round 2's last.ckpt: round002.ckpt and round 2's files are written, last.ckpt is round 1.
     (callback("KillAtCheckpoint", nth=4), [0, 1, 2]),
 ], ids=["in_training", "in_reimputation", "between_round_checkpoint_and_last"])
@@ -192,7 +192,7 @@ def test_a_full_disk_in_round_two_names_the_file_and_keeps_round_one(victim, tmp
 @pytest.mark.parametrize("fused", ["true", "false"])  # skipped on the device / on the host
 def test_a_nan_loss_is_skipped_without_touching_weights_ema_or_optimiser(fused, tmp_path):
     run_cli(tmp_path, *ARGS, "--model.ema_decay", "0.5", "--model.fused_adamw", fused,
-            callback("NaNLossAt", epoch=2, batch=1))
+            callback("NaNLossAt", epoch=1, batch=1))
     assert json.loads((tmp_path / "skipped_rank0.json").read_text()) == {"unchanged": True}
     assert [r["round"] for r in read_rounds(tmp_path)] == [0, 1, 2]
     last = load(tmp_path / "checkpoints" / "last.ckpt")
@@ -200,16 +200,16 @@ def test_a_nan_loss_is_skipped_without_touching_weights_ema_or_optimiser(fused, 
 
 
 def test_with_gradient_accumulation_a_nan_loss_spoils_its_whole_update(tmp_path):
-    # 4 batches an epoch, 2 per update: batch 0's NaN loss spoils the update made after batch 1.
+    # 2 batches an update: batch 0's NaN loss spoils the update made after batch 1.
     run_cli(tmp_path, *ARGS, "--model.ema_decay", "0.5", "--trainer.accumulate_grad_batches", "2",
-            callback("NaNLossAt", epoch=2, batch=0, span=2))
+            callback("NaNLossAt", epoch=1, batch=0, span=2))
     assert json.loads((tmp_path / "skipped_rank0.json").read_text()) == {"unchanged": True}
     assert [r["round"] for r in read_rounds(tmp_path)] == [0, 1, 2]
 
 
 def test_under_ddp_a_nan_loss_on_one_rank_is_skipped_on_every_rank(tmp_path):
     ddp = ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
-           "--trainer.max_epochs", "2", "--rounds.epochs_per_round", "1"]  # 2 steps an epoch on each rank
+           "--rounds.num_rounds", "2", "--rounds.steps", "2"]
     done = train_subprocess(tmp_path, *ddp, callback("NaNLossAt", epoch=1, batch=0, rank=1), callback("DumpWeights"))
     assert done.returncode == 0, done.stderr[-3000:]
     for rank in (0, 1):
@@ -228,15 +228,15 @@ def assert_stopped_for_bad_steps(message: str, at_least: int, epoch: int | None 
 
 
 def test_nan_losses_in_a_row_stop_the_run_and_keep_round_one(tmp_path):
-    message = fails(tmp_path, *ARGS, "--model.max_bad_steps", "2", callback("PoisonWeights", epoch=2))
-    assert_stopped_for_bad_steps(message, at_least=2, epoch=2)
+    message = fails(tmp_path, *ARGS, "--model.max_bad_steps", "2", callback("PoisonWeights", epoch=1))
+    assert_stopped_for_bad_steps(message, at_least=2, epoch=1)
     assert [r["round"] for r in read_rounds(tmp_path)] == [0, 1]
     assert_round_one_is_intact(tmp_path)
 
 
 def test_under_ddp_nan_losses_on_one_rank_stop_every_rank_and_keep_round_one(tmp_path):
     ddp = ["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2",
-           "--trainer.max_epochs", "2", "--rounds.epochs_per_round", "1", "--model.max_bad_steps", "2"]
+           "--rounds.num_rounds", "2", "--rounds.steps", "2", "--model.max_bad_steps", "2"]
     done = train_subprocess(tmp_path, *ddp, callback("PoisonWeights", epoch=1, rank=1))
     assert done.returncode != 0
     assert_stopped_for_bad_steps(done.stderr, at_least=2, epoch=1)
@@ -252,14 +252,14 @@ def test_a_huge_learning_rate_stops_before_any_checkpoint(tmp_path):
 
 
 def test_a_nan_ode_solve_never_replaces_the_collection(tmp_path):
-    message = fails(tmp_path, *ARGS, callback("NaNVelocity", epoch=3))
+    message = fails(tmp_path, *ARGS, callback("NaNVelocity", epoch=1))
     assert "the ODE solve gave NaN or infinite values" in message
     assert [r["round"] for r in read_rounds(tmp_path)] == [0, 1]
     assert_round_one_is_intact(tmp_path)
 
 
 def test_nan_weights_are_never_checkpointed(tmp_path):
-    message = fails(tmp_path, *ARGS, callback("PoisonWeightsAtRoundEnd", epoch=3))
+    message = fails(tmp_path, *ARGS, callback("PoisonWeightsAtRoundEnd", epoch=1))
     assert "holds NaN or infinite values: no checkpoint written (the last one on disk is kept)" in message
     assert_round_one_is_intact(tmp_path)
 
@@ -344,7 +344,7 @@ def test_checkpoints_record_their_format_and_load_without_pickled_code(reference
 
 def test_a_checkpoint_from_before_the_format_was_recorded_still_resumes(reference, tmp_path):
     path = edited(reference, tmp_path, lambda d: d["miri"].pop("format"))
-    run_cli(tmp_path / "run", *ARGS, "--ckpt_path", str(path))  # no error; at max_epochs already, so nothing to do
+    run_cli(tmp_path / "run", *ARGS, "--ckpt_path", str(path))  # no error; all rounds done already, so nothing to do
 
 
 # -- bad config -----------------------------------------------------------
@@ -353,12 +353,14 @@ def test_a_checkpoint_from_before_the_format_was_recorded_still_resumes(referenc
 @pytest.mark.parametrize("overrides, key", [
     (["--model.no_such_key", "1"], "--model.no_such_key"),
     (["--model.lr", "abc"], '"model.lr"'),
-    (["--rounds.epochs_per_round", "x"], '"rounds.epochs_per_round"'),
+    (["--rounds.steps", "x"], '"rounds.steps"'),
     (["--model.max_bad_steps", "0"], "model.max_bad_steps must be >= 1, got 0"),
-    (["--trainer.max_epochs", "3", "--rounds.epochs_per_round", "2"], "rounds.epochs_per_round (2)"),
+    (["--rounds.steps", "4", "--rounds.min_steps", "8"], "rounds.min_steps must be between 1 and rounds.steps (4)"),
+    (["--rounds.min_steps", "4"], "set data.val_fraction"),
+    (["--model.train_crop", "7"], "model.train_crop must be a multiple of 2"),
     (["--data.mask.init_args.missing_rate", "1.5"], "data.mask.missing_rate (MCAR) must be in [0, 1), got 1.5"),
     (["--data.mask.init_args.missing_rate", "-0.1"], "data.mask.missing_rate (MCAR) must be in [0, 1), got -0.1"),
-], ids=["unknown_key", "wrong_type", "wrong_type_nested", "bad_value", "epochs_not_divisible",
+], ids=["unknown_key", "wrong_type", "wrong_type_nested", "bad_value", "min_steps_above_steps", "min_steps_without_held_out", "train_crop_odd",
         "missing_rate_high", "missing_rate_negative"])
 def test_a_bad_config_is_one_short_line_naming_the_key(overrides, key, tmp_path):
     message = fails(tmp_path / "run", *overrides)

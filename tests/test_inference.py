@@ -19,7 +19,7 @@ from miri_lightning.metrics import missing_rmse, psnr
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    run = run_cli(tmp_path_factory.mktemp("train") / "run", "--trainer.max_epochs", "8", "--rounds.epochs_per_round", "4")
+    run = run_cli(tmp_path_factory.mktemp("train") / "run", "--rounds.num_rounds", "2", "--rounds.steps", "16")
     return run / "checkpoints" / "last.ckpt"
 
 
@@ -73,7 +73,7 @@ def test_export_is_smaller_safe_and_gives_the_same_result(ckpt, held_out, tmp_pa
 
 
 def test_new_images_get_the_training_runs_interpolation_width(tmp_path, held_out):
-    run = run_cli(tmp_path / "run", "--trainer.max_epochs", "1", "--rounds.epochs_per_round", "1",
+    run = run_cli(tmp_path / "run", "--rounds.num_rounds", "1", "--rounds.steps", "4",
                   "--data.init_fill", "interpolation", "--data.fill_sigma", "0.4")
     images, masks = held_out
     full = masks.expand_as(images)

@@ -22,7 +22,7 @@ def script(name: str, *args: str) -> None:
 
 def test_bench_speed_reports_throughput_flops_and_ratios(tmp_path):
     out = tmp_path / "speed.json"
-    script("bench_speed.py", "--skip-quality", "--epochs", "1", "--rounds", "1", "--peak-tflops", "1",
+    script("bench_speed.py", "--skip-quality", "--steps", "4", "--rounds", "1", "--peak-tflops", "1",
            "--out", out, "--", *OVERRIDES, "--trainer.accelerator", "cpu")
     result = json.loads(out.read_text())
     ours, base = result["ours"]["throughput"], result["baseline"]["throughput"]
@@ -37,7 +37,7 @@ def test_bench_speed_reports_throughput_flops_and_ratios(tmp_path):
 
 
 def test_bench_solvers_rescores_a_round_of_a_finished_run(tmp_path):
-    run = run_cli(tmp_path / "run", "--trainer.max_epochs", "2", "--rounds.epochs_per_round", "1")
+    run = run_cli(tmp_path / "run", "--rounds.num_rounds", "2", "--rounds.steps", "4")
     out = tmp_path / "solvers.json"
     script("bench_solvers.py", "--run", run, "--round", "2", "--solvers", "midpoint:2", "euler:3", "--out", out)
     results = {r["solver"]: r for r in json.loads(out.read_text())["results"]}
@@ -48,7 +48,7 @@ def test_bench_solvers_rescores_a_round_of_a_finished_run(tmp_path):
 
 def test_profile_step_times_the_bare_and_the_train_py_step(tmp_path):
     out = tmp_path / "profile.json"
-    script("profile_step.py", "--steps", "2", "--epochs", "1", "--top", "5", "--out", out, "--", *OVERRIDES,
+    script("profile_step.py", "--steps", "2", "--round-steps", "2", "--top", "5", "--out", out, "--", *OVERRIDES,
            "--trainer.accelerator", "cpu")
     result = json.loads(out.read_text())
     assert result["batch_size"] == 16
@@ -83,25 +83,25 @@ def test_time_to_quality_ratio_or_its_bound(ours, baseline, expected):
     assert {k: v for k, v in ratios.items() if k.startswith("time_to_quality")} == expected
 
 
-def test_recipe_round_floor_counts_the_recipe_s_epochs_at_the_fastest_epoch(monkeypatch, tmp_path):
+def test_recipe_round_floor_counts_the_recipe_s_steps_at_the_warm_step_time(monkeypatch, tmp_path):
     bench = load_bench_speed()
     warm = {"train_images_per_second": 100.0, "impute_images_per_second": 50.0, "peak_memory_gb": 1.0,
             "train_seconds": 9.0, "fastest_epoch_seconds": 2.0, "impute_seconds": 4.0}
     ran = []
     monkeypatch.setattr(bench, "train", lambda config, overrides: ran.append(overrides) or [{}, {}, warm])
     config = tmp_path / "recipe.yaml"
-    config.write_text("rounds:\n  epochs_per_round: 900\n")
+    config.write_text("rounds:\n  steps: 9000\n")
     # the script's own round settings come last, so they win over the overrides
-    overrides = ["--rounds.epochs_per_round", "50", "--model.lr", "1e-3"]
-    figures = bench.throughput(config, [], epochs=3, rounds=2, extra=overrides)
-    assert figures["recipe_round_seconds_at_least"] == 50 * 2.0 + 4.0  # the recipe as run: 50 epochs
-    assert ran[0][ran[0].index("--rounds.epochs_per_round", 2) + 1] == "3"
+    overrides = ["--rounds.steps", "500", "--model.lr", "1e-3"]
+    figures = bench.throughput(config, [], steps=4, rounds=2, extra=overrides)
+    assert figures["recipe_round_seconds_at_least"] == 500 * 2.0 / 4 + 4.0  # the recipe as run: 500 steps
+    assert ran[0][ran[0].index("--rounds.steps", 2) + 1] == "4"
     assert "recipe_round_seconds_at_least" not in bench.throughput(config, [], 3, 1, [])  # a cold round 1
 
 
 def test_bench_speed_levers_runs_the_chosen_lever_off_and_on(tmp_path):
     out = tmp_path / "levers.json"
-    script("bench_speed.py", "--levers", "--only", "fused AdamW", "--epochs", "1", "--rounds", "1",
+    script("bench_speed.py", "--levers", "--only", "fused AdamW", "--steps", "4", "--rounds", "1",
            "--out", out, "--", *OVERRIDES, "--trainer.accelerator", "cpu")
     levers = json.loads(out.read_text())["levers"]
     assert list(levers) == ["fused AdamW"]
@@ -133,7 +133,7 @@ def test_benchmark_scores_every_baseline_beside_the_metric_reference(tmp_path):
 
 
 def test_rescore_rounds_gives_a_run_its_own_figures_back_and_more_mask_information_steps(tmp_path):
-    run = run_cli(tmp_path / "run", "--trainer.max_epochs", "2", "--rounds.epochs_per_round", "1")
+    run = run_cli(tmp_path / "run", "--rounds.num_rounds", "2", "--rounds.steps", "4")
     out = tmp_path / "rescored.jsonl"
     script("rescore_rounds.py", "--run", run, "--mi-steps", 10, "--out", out)  # the run's own steps (TINY)
     rescored = [json.loads(line) for line in out.read_text().splitlines()]

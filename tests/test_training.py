@@ -15,7 +15,7 @@ from miri_lightning.data.masks import MCAR
 from miri_lightning.data.sources import Shapes
 from miri_lightning.module import MIRI
 
-TWO_ROUNDS = ["--trainer.max_epochs", "8", "--rounds.epochs_per_round", "4"]
+TWO_ROUNDS = ["--rounds.num_rounds", "2", "--rounds.steps", "16"]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_resume_from_round_one_continues_in_round_two_like_an_uninterrupted_run(
 
 
 def test_fresh_network_each_round_also_resumes_exactly(tmp_path):
-    fresh = ["--rounds.reinit_each_round", "true", "--trainer.max_epochs", "2", "--rounds.epochs_per_round", "1"]
+    fresh = ["--rounds.reinit_each_round", "true", "--rounds.num_rounds", "2", "--rounds.steps", "4"]
     full = run_cli(tmp_path / "full", *fresh)
     resumed = run_cli(tmp_path / "resumed", *fresh, "--ckpt_path", str(full / "checkpoints" / "round001.ckpt"))
     assert torch.equal(read_imputations(resumed)[0], read_imputations(full)[0])
@@ -74,16 +74,16 @@ def test_wandb_offline_run_holds_the_grids(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    run = run_cli(tmp_path / "wb", "--logging.backend", "wandb", "--trainer.max_epochs", "1",
-                  "--rounds.epochs_per_round", "1")
+    run = run_cli(tmp_path / "wb", "--logging.backend", "wandb", "--rounds.num_rounds", "1",
+                  "--rounds.steps", "4")
     offline_runs = list((run / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1
     assert len(list(offline_runs[0].glob("files/media/images/imputations_*.png"))) == 2  # rounds 0 and 1
 
 
 def test_tensorboard_backend_gets_the_grids(tmp_path):
-    run = run_cli(tmp_path / "tb", "--logging.backend", "tensorboard", "--trainer.max_epochs", "1",
-                  "--rounds.epochs_per_round", "1")
+    run = run_cli(tmp_path / "tb", "--logging.backend", "tensorboard", "--rounds.num_rounds", "1",
+                  "--rounds.steps", "4")
     assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
 
 
@@ -93,10 +93,13 @@ def test_unknown_key_is_a_clear_error(tmp_path):
     assert "no_such_key" in str(err.value.code)
 
 
-def test_epochs_per_round_must_divide_max_epochs(tmp_path):
-    with pytest.raises(SystemExit) as err:
-        run_cli(tmp_path / "x", "--trainer.max_epochs", "3", "--rounds.epochs_per_round", "2")
-    assert "rounds.epochs_per_round" in str(err.value.code)
+@pytest.mark.parametrize("rounds, expected", [
+    (["--rounds.num_rounds", "3"], 3),
+    (["--rounds.num_rounds", "3", "--rounds.on_worse", "retry", "--rounds.max_retries", "2"], 9),
+])
+def test_an_epoch_is_a_round_so_the_rounds_set_max_epochs(rounds, expected, tmp_path):
+    cli = build_cli([*TINY, "--trainer.default_root_dir", str(tmp_path), *rounds])
+    assert cli.trainer.max_epochs == expected  # a round, and one more epoch for each retry it may take
 
 
 @pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
@@ -105,11 +108,11 @@ def test_every_config_parses_and_builds(config, tmp_path):
                   args=["--config", str(config), "--trainer.default_root_dir", str(tmp_path),
                         "--logging.backend", "csv", "--trainer.accelerator", "cpu"])
     assert isinstance(cli.model, MIRI) and isinstance(cli.datamodule, MaskedImageDataModule)
-    assert cli.trainer.max_epochs % cli.config.rounds.epochs_per_round == 0
+    assert cli.trainer.max_epochs >= cli.config.rounds.num_rounds
 
 
 def test_memory_mapped_state_resumes_exactly_and_keeps_checkpoints_small(tmp_path):
-    memmap = ["--data.state", "memmap", "--trainer.max_epochs", "2", "--rounds.epochs_per_round", "1"]
+    memmap = ["--data.state", "memmap", "--rounds.num_rounds", "2", "--rounds.steps", "4"]
     full = run_cli(tmp_path / "full", *memmap)
     ckpt = full / "checkpoints" / "round001.ckpt"
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["MaskedImageDataModule"]
@@ -117,14 +120,35 @@ def test_memory_mapped_state_resumes_exactly_and_keeps_checkpoints_small(tmp_pat
     assert (full / "state" / "node0" / "imputations_round002.npy").is_file()
     resumed = run_cli(tmp_path / "resumed", *memmap, "--ckpt_path", str(ckpt))
     assert torch.equal(read_imputations(resumed)[0], read_imputations(full)[0])
-    in_memory = run_cli(tmp_path / "in_memory", "--trainer.max_epochs", "2", "--rounds.epochs_per_round", "1")
+    in_memory = run_cli(tmp_path / "in_memory", "--rounds.num_rounds", "2", "--rounds.steps", "4")
     assert torch.equal(read_imputations(in_memory)[0], read_imputations(full)[0])
 
 
 def test_cosine_learning_rate_ends_at_the_final_ratio(tmp_path):
-    run_cli(tmp_path, "--model.final_lr_ratio", "0.1", "--trainer.max_epochs", "2", "--rounds.epochs_per_round", "1")
+    run_cli(tmp_path, "--model.final_lr_ratio", "0.1", "--rounds.num_rounds", "2", "--rounds.steps", "4")
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["lr_schedulers"][0]
     assert state["_last_lr"][0] == pytest.approx(3e-3 * 0.1)  # 3e-3 is TINY's lr
+
+
+class InputSides(Callback):
+    """The image sides the trained network (not its EMA copy, which solves) is given."""
+
+    def __init__(self):
+        self.sides = set()
+
+    def on_fit_start(self, trainer, pl_module):
+        pl_module.velocity.register_forward_pre_hook(lambda module, args: self.sides.add(tuple(args[0].shape[-2:])))
+
+
+def test_train_crop_trains_on_windows_and_imputes_whole_images(tmp_path):
+    cli = build_cli([*TINY, "--trainer.default_root_dir", str(tmp_path), "--rounds.num_rounds", "1",
+                     "--rounds.steps", "6", "--model.train_crop", "8", "--rounds.mi_steps", "0"])
+    cli.trainer.callbacks.append(watch := InputSides())
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert watch.sides == {(8, 8)}
+    imputed, masks = read_imputations(tmp_path)
+    assert imputed.shape[-2:] == (16, 16) and not torch.equal(imputed, cli.datamodule.truth)
+    assert torch.equal(imputed[masks], cli.datamodule.truth[masks])
 
 
 def test_channels_last_changes_the_layout_not_the_imputations():
@@ -145,7 +169,7 @@ def test_channels_last_changes_the_layout_not_the_imputations():
 
 
 def test_state_on_the_device_trains_exactly_as_the_dataloader_does_and_resumes(tmp_path):
-    rounds = ["--trainer.max_epochs", "2", "--rounds.epochs_per_round", "1"]
+    rounds = ["--rounds.num_rounds", "2", "--rounds.steps", "4"]
     loader = run_cli(tmp_path / "loader", *rounds, "--data.on_device", "false")
     resident = run_cli(tmp_path / "resident", *rounds, "--data.on_device", "true")
     assert torch.equal(read_imputations(resident)[0], read_imputations(loader)[0])
@@ -155,7 +179,7 @@ def test_state_on_the_device_trains_exactly_as_the_dataloader_does_and_resumes(t
 
 
 def test_bf16_autocast_trains_and_solves_in_bf16_and_keeps_the_observed_entries(tmp_path):
-    one_round = ["--trainer.max_epochs", "1", "--rounds.epochs_per_round", "1"]
+    one_round = ["--rounds.num_rounds", "1", "--rounds.steps", "4"]
     fp32 = run_cli(tmp_path / "fp32", *one_round)
     bf16 = run_cli(tmp_path / "bf16", *one_round, "--trainer.precision", "bf16-mixed")
     (low, masks), (high, _) = read_imputations(bf16), read_imputations(fp32)
@@ -198,7 +222,7 @@ def test_precision_set_by_a_plugin_is_left_alone(tmp_path):
 @pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
 def test_mixed_precision_with_gradient_clipping_trains_with_the_unfused_adamw(precision, tmp_path):
     run = run_cli(tmp_path, "--trainer.precision", precision, "--trainer.gradient_clip_val", "1.0",
-                  "--trainer.max_epochs", "1", "--rounds.epochs_per_round", "1", "--rounds.mi_steps", "0")
+                  "--rounds.num_rounds", "1", "--rounds.steps", "4", "--rounds.mi_steps", "0")
     assert [r["round"] for r in read_rounds(run)] == [0, 1]
 
 
@@ -214,7 +238,7 @@ def test_unfused_adamw_gives_the_same_imputations(two_round_run, tmp_path):
 
 
 def test_compiled_velocity_gives_the_same_imputations(tmp_path):
-    one_round = ["--trainer.max_epochs", "1", "--rounds.epochs_per_round", "1", "--rounds.mi_steps", "0"]
+    one_round = ["--rounds.num_rounds", "1", "--rounds.steps", "4", "--rounds.mi_steps", "0"]
     compiled = run_cli(tmp_path / "compiled", *one_round, "--model.compile", "true")
     ckpt = torch.load(compiled / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert not any("_orig_mod" in key for key in ckpt["state_dict"])  # loadable without compiling
@@ -242,12 +266,12 @@ def test_cuda_graphs_refuse_gradient_accumulation(tmp_path):
         run_cli(tmp_path, "--model.compile", "reduce-overhead", "--trainer.accumulate_grad_batches", "2")
 
 
-def test_the_loss_is_logged_every_n_steps_and_each_epoch(two_round_run):
+def test_the_loss_is_logged_every_n_steps_and_each_round(two_round_run):
     rows = list(csv.DictReader((two_round_run / "csv" / "two_rounds" / "metrics.csv").open()))
     step_losses = {int(row["step"]): float(row["train/loss"]) for row in rows if row["train/loss"]}
     assert sorted(step_losses) == [9, 19, 29]  # trainer.log_every_n_steps 10, 32 steps
     epoch_losses = [float(row["train/loss_epoch"]) for row in rows if row["train/loss_epoch"]]
-    assert len(epoch_losses) == 8 and all(0 < loss < 1 for loss in [*epoch_losses, *step_losses.values()])
+    assert len(epoch_losses) == 2 and all(0 < loss < 1 for loss in [*epoch_losses, *step_losses.values()])
 
 
 class ReadsPerStep(Callback):
@@ -261,8 +285,8 @@ class ReadsPerStep(Callback):
 
 
 def test_a_training_step_reads_nothing_from_the_device_but_every_n_steps(tmp_path):
-    cli = build_cli([*TINY, "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "1",
-                     "--rounds.epochs_per_round", "1", "--data.source.init_args.num_images", "400",
+    cli = build_cli([*TINY, "--trainer.default_root_dir", str(tmp_path), "--rounds.num_rounds", "1",
+                     "--rounds.steps", "50", "--data.source.init_args.num_images", "400",
                      "--data.batch_size", "8", "--trainer.log_every_n_steps", "5"])
     counter = HostReads()
     cli.trainer.callbacks.append(watch := ReadsPerStep(counter))
@@ -275,9 +299,9 @@ def test_a_training_step_reads_nothing_from_the_device_but_every_n_steps(tmp_pat
 
 
 def test_progress_bar_shows_the_round_and_the_last_loss_read(tmp_path, capfd):
-    run_cli(tmp_path, "--trainer.enable_progress_bar", "true", "--trainer.max_epochs", "2",
-            "--rounds.epochs_per_round", "1", "--trainer.log_every_n_steps", "2")
+    run_cli(tmp_path, "--trainer.enable_progress_bar", "true", "--rounds.num_rounds", "2",
+            "--rounds.steps", "4", "--trainer.log_every_n_steps", "2")
     shown = "".join(capfd.readouterr())
-    assert "round 2/2 epoch 1/1" in shown
+    assert "round 2/2" in shown
     losses = [float(value) for value in re.findall(r"train/loss=([0-9.e-]+)", shown)]
     assert losses and all(0 < loss < 1 for loss in losses)

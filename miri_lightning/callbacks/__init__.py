@@ -1,6 +1,6 @@
-"""Callbacks: MIRI's round loop and its progress bar."""
+"""Callbacks: MIRI's round loop, its checkpoints and its progress bar."""
 
 from .progress import RoundProgressBar
-from .rounds import MIRIRounds
+from .rounds import MIRIRounds, RoundCheckpoint
 
-__all__ = ["MIRIRounds", "RoundProgressBar"]
+__all__ = ["MIRIRounds", "RoundCheckpoint", "RoundProgressBar"]

@@ -6,7 +6,7 @@ from .rounds import MIRIRounds
 
 
 class RoundProgressBar(TQDMProgressBar):
-    """TQDM bar described as `round r/T epoch e/E` instead of `Epoch e`, with the last loss read.
+    """TQDM bar described as `round r/T` (an epoch is a round's training) instead of `Epoch e`, with the last loss read.
 
     The loss is the number the module last read from the device (every
     `trainer.log_every_n_steps` steps), not a logged tensor: Lightning would
@@ -24,8 +24,6 @@ class RoundProgressBar(TQDMProgressBar):
         super().on_train_epoch_start(trainer, pl_module)
         rounds = next((cb for cb in trainer.callbacks if isinstance(cb, MIRIRounds)), None)
         if rounds is not None:
-            per_round = rounds.epochs_per_round
+            retry = f" (retry {rounds.retries})" if rounds.retries else ""
             self.train_progress_bar.set_description(
-                f"round {trainer.current_epoch // per_round + 1}/{trainer.max_epochs // per_round} "
-                f"epoch {trainer.current_epoch % per_round + 1}/{per_round}"
-            )
+                f"round {trainer.datamodule.round + 1}/{rounds.num_rounds}{retry}")

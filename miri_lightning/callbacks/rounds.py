@@ -1,10 +1,14 @@
-"""MIRI's outer loop: every `epochs_per_round` epochs, end a round.
+"""MIRI's outer loop: a Lightning epoch trains one round's velocity; its end re-imputes.
 
+A round trains for `rounds.steps` optimiser steps, whatever the collection's
+size, or fewer once the flow-matching loss of held-out images stops falling.
 Ending round t: re-impute the whole collection with v_t (each rank its own
-shard, gathered so that every rank holds the same copy), replace x_hat,
-keep v_t's weights, log metrics and a grid, write the run's files, and ready
-the network for round t + 1. Lightning's ModelCheckpoint runs after this
-callback, so the round's checkpoint holds the new imputations.
+shard, gathered so that every rank holds the same copy), score the new
+imputations' mask information against the previous round's, and, unless a
+worse round is retried, replace x_hat, keep v_t's weights, log metrics and a
+grid, write the run's files, and ready the network for round t + 1.
+`RoundCheckpoint` runs after this callback and saves only when a round ended,
+so a round's checkpoint holds its new imputations.
 """
 
 from __future__ import annotations
@@ -15,16 +19,21 @@ import time
 from pathlib import Path
 
 import torch
+from typing import Literal, Optional
+
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ..data.datamodule import MaskedImageDataModule
 from ..errors import ConfigError
 from ..grids import imputation_grid, log_grid
 from ..io import save_imputations, save_png, write_round_record
-from ..metrics import MI_STEPS, collection_metrics
+from ..metrics import MI_STEPS, collection_metrics, information_rose
 
 ROUNDS_FILE, IMPUTATIONS_FILE, GRIDS_DIR = "rounds.jsonl", "imputations.npz", "grids"
+BEST_IMPUTATIONS_FILE = "imputations_best.npz"  # the round with the least mask information so far
+OnWorse = Literal["warn", "retry", "stop"]
 # The fields of a round's record that measure the machine, not the result (they differ between equal runs).
 TIMING_KEYS = ("train_seconds", "impute_seconds", "train_images_per_second", "impute_images_per_second",
                "fastest_epoch_seconds", "peak_memory_gb")
@@ -77,86 +86,218 @@ def peak_memory_gb(device: torch.device) -> float:
 
 
 class MIRIRounds(Callback):
-    """Ends a MIRI round every `epochs_per_round` epochs.
+    """Runs MIRI's rounds: each Lightning epoch trains one round's velocity field, then re-imputes.
 
     Args:
-        epochs_per_round: training epochs of each round; `trainer.max_epochs`
-            must be a multiple of it (number of rounds = max_epochs / epochs_per_round).
+        num_rounds: rounds of the run (`trainer.max_epochs` follows from it).
+        steps: optimiser steps of a round's training, at most; the same at
+            every collection size (a pass over the data is not a unit here).
+        min_steps: a round may end after this many steps, once the held-out
+            loss (`data.val_fraction` of the images) has not fallen by
+            `min_improvement` (relative) over `patience` checks in a row.
+            None: every round trains `steps` steps.
+        val_every_n_steps: optimiser steps between held-out loss checks
+            (logged as `val/loss`, and per round in rounds.jsonl).
+        patience: checks without improvement that end a round (after `min_steps`).
+        min_improvement: the relative fall of the held-out loss that counts as improving.
+        on_worse: when a round's imputations carry more mask information than
+            the previous round's, by more than twice the estimate's standard
+            error over `mi_seeds` classifier seeds: `warn` (a log line and
+            `round/worse` = 1), `retry` (discard them, train the same velocity
+            another round's length and solve again from the same start, at
+            most `max_retries` times, then keep the last try) or `stop` (keep
+            the round, end the run). The run's result is in any case also kept
+            as the round with the least mask information (`imputations_best.npz`).
+        max_retries: retries of one round under `on_worse: retry`.
+        mi_seeds: classifier seeds of each mask-information estimate; the mean
+            is reported, their spread judges `on_worse`.
         reinit_each_round: start every round from a freshly initialised
             network (the paper's choice) instead of warm-starting from the last one.
-        solve_batch_size: images per ODE solve on each device.
+        solve_batch_size: images per ODE solve (and held-out loss batch) on each device.
         grid_images: images (columns) in the logged grid.
         metrics_max_images: metrics use the first this-many images (MMD is quadratic in it).
-        mi_steps: training steps of the mask-information classifier (0 skips it). Fewer read subtle traces
-            as none (`metrics.mask_information`); 1,000 take about 6 s on one CPU core.
+        mi_steps: training steps of the mask-information classifier (0 skips it, and `on_worse` with it).
+            Fewer read subtle traces as none (`metrics.mask_information`).
     """
 
-    def __init__(self, epochs_per_round: int = 2, reinit_each_round: bool = False, solve_batch_size: int = 256,
-                 grid_images: int = 8, metrics_max_images: int = 2000, mi_steps: int = MI_STEPS):
-        if epochs_per_round < 1 or solve_batch_size < 1 or grid_images < 1 or metrics_max_images < 2:
-            raise ConfigError("rounds: epochs_per_round, solve_batch_size, grid_images must be >= 1 "
-                              "and metrics_max_images >= 2")
-        self.epochs_per_round, self.reinit_each_round = epochs_per_round, reinit_each_round
-        self.solve_batch_size, self.grid_images = solve_batch_size, grid_images
+    def __init__(self, num_rounds: int = 5, steps: int = 500, min_steps: Optional[int] = None,
+                 val_every_n_steps: int = 50, patience: int = 2, min_improvement: float = 0.01,
+                 on_worse: OnWorse = "warn", max_retries: int = 1, mi_seeds: int = 3,
+                 reinit_each_round: bool = False, solve_batch_size: int = 256, grid_images: int = 8,
+                 metrics_max_images: int = 2000, mi_steps: int = MI_STEPS):
+        for key, value, least in (("num_rounds", num_rounds, 1), ("steps", steps, 1), ("patience", patience, 1),
+                                  ("val_every_n_steps", val_every_n_steps, 1), ("max_retries", max_retries, 0),
+                                  ("mi_seeds", mi_seeds, 1), ("solve_batch_size", solve_batch_size, 1),
+                                  ("grid_images", grid_images, 1), ("metrics_max_images", metrics_max_images, 2),
+                                  ("mi_steps", mi_steps, 0)):
+            if value < least:
+                raise ConfigError(f"rounds.{key} must be >= {least}, got {value}")
+        if min_steps is not None and not 1 <= min_steps <= steps:
+            raise ConfigError(f"rounds.min_steps must be between 1 and rounds.steps ({steps}), got {min_steps}")
+        self.num_rounds, self.steps, self.min_steps = num_rounds, steps, steps if min_steps is None else min_steps
+        self.val_every_n_steps, self.patience, self.min_improvement = val_every_n_steps, patience, min_improvement
+        self.on_worse, self.max_retries, self.mi_seeds = on_worse, max_retries, mi_seeds
+        self.reinit_each_round, self.solve_batch_size, self.grid_images = reinit_each_round, solve_batch_size, grid_images
         self.metrics_max_images, self.mi_steps = metrics_max_images, mi_steps
         self.train_seconds, self.train_images, self.fastest_epoch = 0.0, 0, math.inf
+        self.round_steps, self.val_curve = 0, []
+        # Kept in checkpoints: the last accepted round's mask information, the best round, this round's retries.
+        self.previous: Optional[dict] = None
+        self.best: Optional[dict] = None
+        self.retries = 0
+
+    @staticmethod
+    def epochs_needed(num_rounds: int, on_worse: OnWorse, max_retries: int) -> int:
+        """`trainer.max_epochs` for these settings: an epoch a round, and one per possible retry."""
+        return num_rounds * (1 + (max_retries if on_worse == "retry" else 0))
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        epochs = trainer.max_epochs
-        if epochs is None or epochs < 1 or epochs % self.epochs_per_round:
-            raise ConfigError(f"trainer.max_epochs ({epochs}) must be a positive multiple of "
-                              f"rounds.epochs_per_round ({self.epochs_per_round})")
         if not isinstance(trainer.datamodule, MaskedImageDataModule):
             raise ConfigError("MIRIRounds needs the data to come from a MaskedImageDataModule")
-        self.num_rounds = epochs // self.epochs_per_round
+        needed = self.epochs_needed(self.num_rounds, self.on_worse, self.max_retries)
+        if trainer.max_epochs is None or 0 <= trainer.max_epochs < needed:
+            raise ConfigError(f"trainer.max_epochs ({trainer.max_epochs}) must be at least {needed}: an epoch is "
+                              "a round, plus one for every retry rounds.on_worse may make")
+        if self.min_steps < self.steps and not trainer.datamodule.val_fraction:
+            raise ConfigError(f"rounds.min_steps ({self.min_steps}) below rounds.steps ({self.steps}) ends rounds "
+                              "by a held-out loss: set data.val_fraction (e.g. 0.05) to hold images out")
+        trainer.datamodule.batches_per_epoch = self.steps * trainer.accumulate_grad_batches
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.datamodule.round == 0 and trainer.current_epoch == 0:
-            self._report(trainer, pl_module, {"train_seconds": 0.0, "impute_seconds": 0.0})
+            self._report(trainer, pl_module, self._score(trainer, trainer.datamodule.imputations),
+                         {"train_seconds": 0.0, "impute_seconds": 0.0})
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.datamodule.round >= self.num_rounds:  # a finished run resumed: nothing left to do
+            trainer.should_stop = True
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if pl_module.device.type == "cuda" and not self.train_images:
             torch.cuda.reset_peak_memory_stats(pl_module.device)
+        pl_module.round_converged = False
+        self._epoch_start_step, self._checked, self._stale, self._best_val = trainer.global_step, 0, 0, math.inf
         self._epoch_start = clock(pl_module.device)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
         self.train_images += len(batch[1]) * trainer.world_size
+        steps = trainer.global_step - self._epoch_start_step
+        if steps % self.val_every_n_steps or steps == self._checked or not len(trainer.datamodule.val_indices):
+            return
+        self._checked = steps
+        loss = pl_module.heldout_loss(*trainer.datamodule.validation_images(), batch_size=self.solve_batch_size)
+        self.val_curve.append([self.round_steps + steps, loss])
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics({"val/loss": loss}, step=trainer.global_step)
+        improved = loss < self._best_val * (1 - self.min_improvement)
+        self._best_val, self._stale = min(self._best_val, loss), 0 if improved else self._stale + 1
+        converged = steps >= self.min_steps and self._stale >= self.patience
+        # Every rank must end the epoch at the same step (they compute the same loss; this makes sure).
+        pl_module.round_converged = trainer.strategy.reduce_boolean_decision(converged, all=False)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         seconds = clock(pl_module.device) - self._epoch_start
         self.train_seconds += seconds
         self.fastest_epoch = min(self.fastest_epoch, seconds)  # the steady rate, without a round's first-epoch costs
+        self.round_steps += trainer.global_step - self._epoch_start_step
         pl_module.report_steps()  # stops here, before the round ends, after too many NaN losses in a row
-        if (trainer.current_epoch + 1) % self.epochs_per_round:
-            return
         dm = trainer.datamodule
+        if dm.round >= self.num_rounds:
+            return
         start = clock(pl_module.device)
-        dm.next_round(reimpute(trainer, pl_module, dm, self.solve_batch_size))
-        pl_module.finish_round()
+        candidate = reimpute(trainer, pl_module, dm, self.solve_batch_size)
         impute_seconds = clock(pl_module.device) - start
+        metrics = self._score(trainer, candidate)
+        worse = trainer.strategy.broadcast(metrics is not None and information_rose(self.previous, metrics))
+        if worse and self.on_worse == "retry" and self.retries < self.max_retries:
+            self.retries += 1
+            rank_zero_warn(f"MIRI round {dm.round + 1}: the new imputations carry more mask information than round "
+                           f"{dm.round}'s ({_bits(metrics)} against {_bits(self.previous)}); discarded them, "
+                           f"training the same round longer (retry {self.retries} of {self.max_retries})")
+            return
+        if worse:
+            rank_zero_warn(f"MIRI round {dm.round + 1} carries more mask information than round {dm.round} "
+                           f"({_bits(metrics)} against {_bits(self.previous)}): this round made the imputations "
+                           "more detectable" + ("; stopping (rounds.on_worse: stop)" if self.on_worse == "stop" else ""))
+        dm.next_round(candidate)
+        pl_module.finish_round()
         timing = {"train_seconds": self.train_seconds, "impute_seconds": impute_seconds,
                   "train_images_per_second": self.train_images / max(self.train_seconds, 1e-9),
                   "impute_images_per_second": len(dm.masks) / max(impute_seconds, 1e-9),
                   "fastest_epoch_seconds": self.fastest_epoch, "peak_memory_gb": peak_memory_gb(pl_module.device)}
+        rounds = {"steps": self.round_steps, "retries": self.retries, "worse": bool(worse), "val_curve": self.val_curve}
         self.train_seconds, self.train_images, self.fastest_epoch = 0.0, 0, math.inf
+        self.round_steps, self.val_curve, self.retries = 0, [], 0
         pl_module.log("round", float(dm.round), on_step=False, on_epoch=True, sync_dist=True)
-        self._report(trainer, pl_module, timing)
-        if dm.round < self.num_rounds:
+        self._report(trainer, pl_module, metrics, {**timing, **rounds})
+        if dm.round >= self.num_rounds or (worse and self.on_worse == "stop"):
+            trainer.should_stop = True
+        else:
             pl_module.start_round(dm.round + 1, fresh=self.reinit_each_round)
 
-    def _report(self, trainer: Trainer, pl_module: LightningModule, timing: dict) -> None:
-        """Metrics, grid and files of the round just ended (rank 0 only: no collectives in here)."""
+    def _score(self, trainer: Trainer, imputations: Optional[torch.Tensor]) -> Optional[dict]:
+        """Metrics of a round's imputations (rank 0 only, None elsewhere: no collectives in here)."""
+        if not trainer.is_global_zero:
+            return None
+        dm = trainer.datamodule
+        return collection_metrics(imputations, dm.masks, dm.truth, self.metrics_max_images, self.mi_steps,
+                                  self.mi_seeds)
+
+    def _report(self, trainer: Trainer, pl_module: LightningModule, metrics: Optional[dict], extra: dict) -> None:
+        """Grid, files and logs of the round just ended (rank 0 only: no collectives in here)."""
+        dm = trainer.datamodule
+        if self.best is None or metrics is not None and metrics["mutual_information"] < self.best["mutual_information"]:
+            self.best = {"round": dm.round, "mutual_information": None if metrics is None else
+                         metrics["mutual_information"]}
+            new_best = True
+        else:
+            new_best = False
+        self.previous = None if metrics is None else _information(metrics)
         if not trainer.is_global_zero:
             return
-        dm, run_dir = trainer.datamodule, Path(trainer.default_root_dir)
-        metrics = collection_metrics(dm.imputations, dm.masks, dm.truth, self.metrics_max_images, self.mi_steps)
-        record = {"round": dm.round, **metrics, **timing}
+        run_dir = Path(trainer.default_root_dir)
+        record = {"round": dm.round, **metrics, "best_round": self.best["round"], **extra}
         save_imputations(run_dir / IMPUTATIONS_FILE, dm.imputations, dm.masks, round=dm.round)
+        if new_best:
+            save_imputations(run_dir / BEST_IMPUTATIONS_FILE, dm.imputations, dm.masks, round=dm.round)
         k = self.grid_images
         grid = imputation_grid(dm.imputations[:k], dm.masks[:k], None if dm.truth is None else dm.truth[:k])
         save_png(run_dir / GRIDS_DIR / f"round_{dm.round:03d}.png", grid)
         write_round_record(run_dir / ROUNDS_FILE, record)  # last: a round listed here has all its files
         log_grid(trainer.loggers, "imputations", grid, trainer.global_step)
+        scalars = {key: float(value) for key, value in record.items() if isinstance(value, (int, float))}
         for logger in trainer.loggers:
-            logger.log_metrics({f"round/{key}": value for key, value in record.items()}, step=trainer.global_step)
-        rank_zero_info("MIRI " + ", ".join(f"{key} {value:.4g}" for key, value in record.items()))
+            logger.log_metrics({f"round/{key}": value for key, value in scalars.items()}, step=trainer.global_step)
+        rank_zero_info("MIRI " + ", ".join(f"{key} {value:.4g}" for key, value in scalars.items()))
+
+    def state_dict(self) -> dict:
+        return {"previous": self.previous, "best": self.best, "retries": self.retries}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.previous, self.best, self.retries = state.get("previous"), state.get("best"), state.get("retries", 0)
+
+
+def _information(metrics: dict) -> dict:
+    return {key: metrics[key] for key in ("mutual_information", "mutual_information_se") if key in metrics}
+
+
+def _bits(metrics: Optional[dict]) -> str:
+    if not metrics:
+        return "unknown"
+    return f"{metrics['mutual_information']:.4f} ± {metrics.get('mutual_information_se', 0.0):.4f} bits"
+
+
+class RoundCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, saving at the end of an epoch that ended a round only.
+
+    An epoch whose imputations `rounds.on_worse: retry` discarded is not the
+    end of a round; a resume from the round before redoes it exactly.
+    """
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._round_at_start = trainer.datamodule.round
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.datamodule.round != self._round_at_start:
+            super().on_train_epoch_end(trainer, pl_module)

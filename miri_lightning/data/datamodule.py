@@ -58,6 +58,36 @@ class IndexBatches(Dataset):
         return self.__getitems__([i])
 
 
+class RoundSampler(DistributedSampler):
+    """This rank's training indices for one epoch: `num_batches` batches drawn from `pool`.
+
+    The stream is a concatenation of shuffles of `pool`, each seeded by
+    (seed, epoch, pass), split between ranks by position; so an epoch holds
+    as many optimiser steps as asked, whatever the collection's size, every
+    image comes round once before any comes round twice, and a resumed run
+    draws what an uninterrupted one would. `num_batches=None`: one pass.
+    (A DistributedSampler, so that Lightning calls `set_epoch` and leaves it as it is.)
+    """
+
+    def __init__(self, pool: torch.Tensor, batch_size: int, num_batches: Optional[int], world: int, rank: int,
+                 seed: int):
+        super().__init__(pool, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.pool, self.batch_size = pool, batch_size
+        self.num_batches = len(pool) // (batch_size * world) if num_batches is None else num_batches
+
+    def __len__(self) -> int:
+        return self.num_batches * self.batch_size
+
+    def __iter__(self):
+        needed = len(self) * self.num_replicas
+        passes = []
+        for k in range(-(-needed // len(self.pool))):
+            generator = torch.Generator().manual_seed(self.seed + 1_000_003 * self.epoch + 7919 * k)
+            passes.append(self.pool[torch.randperm(len(self.pool), generator=generator)])
+        stream = torch.cat(passes)[:needed]
+        return iter(stream[self.rank::self.num_replicas].tolist())
+
+
 def _whole_batch(batch):
     """`__getitems__` already returns a collated batch."""
     return batch
@@ -82,12 +112,18 @@ class MaskedImageDataModule(LightningDataModule):
         init_fill: how missing entries are filled before round 1: `noise`
             (uniform, the paper's), `mean` (per-entry mean of observed values)
             or `interpolation` (Gaussian-weighted mean of observed neighbours).
+        val_fraction: share of the images held out of the velocity's training
+            (drawn once from `seed`): they are still re-imputed every round,
+            and their flow-matching loss tells when a round's velocity has
+            converged (`rounds.min_steps`). 0: none held out.
         fill_sigma: width in pixels of the `interpolation` fill's Gaussian. 1
             averages about a 3x3 neighbourhood; 0.4 all but copies the nearest
             observed pixels (a neighbour at distance 1 weighs 23 times one at
             sqrt(2)): it blurs less, and on CIFAR-10 MIRI went further from it
             (docs/performance.md).
-        batch_size: training images per step on each device.
+        batch_size: training images per step on each device. An epoch is one
+            round's training: `batches_per_epoch` batches (set by MIRIRounds
+            from `rounds.steps`; one pass over the training images when unset).
         num_workers: DataLoader worker processes.
         seed: seed of the initial fill and of the batch order.
         state: where the imputations and ground truth live: `memory` (shared
@@ -111,6 +147,7 @@ class MaskedImageDataModule(LightningDataModule):
         mask: Optional[MaskMechanism] = None,
         init_fill: InitFill = "noise",
         fill_sigma: float = 1.0,
+        val_fraction: float = 0.0,
         batch_size: int = 64,
         num_workers: int = 0,
         seed: int = 0,
@@ -123,10 +160,13 @@ class MaskedImageDataModule(LightningDataModule):
             raise ConfigError(f"data.batch_size must be >= 2 (each image needs a partner), got {batch_size}")
         if not fill_sigma > 0:
             raise ConfigError(f"data.fill_sigma must be > 0 (pixels), got {fill_sigma}")
+        if not 0 <= val_fraction < 1:
+            raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
         if num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
         self.source, self.mask = source, mask
-        self.init_fill, self.fill_sigma = init_fill, fill_sigma
+        self.init_fill, self.fill_sigma, self.val_fraction = init_fill, fill_sigma, val_fraction
+        self.batches_per_epoch: Optional[int] = None
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.state, self.state_dir, self.on_device = state, state_dir, on_device
         self.resident: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (imputations, masks) on the device
@@ -157,6 +197,7 @@ class MaskedImageDataModule(LightningDataModule):
             masks = drawn if masks is None else masks & drawn
         self.masks = masks.bool().share_memory_()
         self._check_collection(images)
+        self.val_indices, self.train_indices = self._split(len(images))
         # The masks never change after this: hash them once, not at every checkpoint.
         self.masks_sha1 = hashlib.sha1(self.masks.numpy().tobytes()).hexdigest()
         self.fill_values = observed_mean(images, self.masks) if self.init_fill == "mean" else None
@@ -175,6 +216,19 @@ class MaskedImageDataModule(LightningDataModule):
             f"{100 * (1 - self.masks.float().mean()):.1f} % entries missing, state in "
             f"{'memory' if self.store is None else self.store.folder}"
         )
+
+    def _split(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(held-out, training) image indices, both sorted; the draw depends on `seed` only."""
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + 104_729))
+        held = round(self.val_fraction * n)
+        if self.val_fraction and not 2 <= held <= n - self.batch_size:
+            raise ConfigError(f"data.val_fraction {self.val_fraction} holds out {held} of {n} images: it must leave "
+                              f"at least 2 held out and data.batch_size ({self.batch_size}) for training")
+        return order[:held].sort().values, order[held:].sort().values
+
+    def validation_images(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The held-out images' current imputations and their masks."""
+        return self.imputations[self.val_indices], self.masks[self.val_indices]
 
     def _make_store(self) -> MemmapStore:
         trainer = self.trainer
@@ -252,14 +306,12 @@ class MaskedImageDataModule(LightningDataModule):
             dataset = self._batches = ImputationBatches(self.imputations, self.masks)
         else:
             dataset = IndexBatches(len(self.masks))
-        # This rank's share, shuffled by (seed, epoch) only, so a resumed run draws the
-        # same batches; Lightning calls set_epoch and leaves a DistributedSampler as it is.
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
         workers = self.num_workers if self.resident is None else 0
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed),
+            sampler=RoundSampler(self.train_indices, self.batch_size, self.batches_per_epoch, world, rank, self.seed),
             collate_fn=_whole_batch,
             drop_last=True,
             num_workers=workers,

@@ -1,0 +1,138 @@
+"""A round's length in optimiser steps, its end by a held-out loss, and what a round that made things worse does."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import read_rounds, run_cli
+from miri_lightning.data.datamodule import MaskedImageDataModule, RoundSampler
+from miri_lightning.data.sources import Shapes
+from miri_lightning.metrics import information_rose
+from miri_lightning.module import MIRI
+
+# A smooth start (little mask information) and a classifier trained long enough to see noise poured into it.
+SMOOTH = ["--data.init_fill", "interpolation", "--rounds.mi_steps", "150", "--rounds.mi_seeds", "2"]
+
+
+def checkpoint_step(run_dir) -> int:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
+
+
+def test_a_round_is_the_same_number_of_steps_at_two_collection_sizes(tmp_path):
+    for n in (48, 160):  # 3 and 10 batches of 16 a pass
+        run = run_cli(tmp_path / str(n), "--data.source.init_args.num_images", str(n), "--rounds.num_rounds", "2",
+                      "--rounds.steps", "7", "--rounds.mi_steps", "0")
+        assert [r.get("steps") for r in read_rounds(run)] == [None, 7, 7]
+        assert checkpoint_step(run) == 14
+
+
+def test_steps_count_optimiser_steps_under_gradient_accumulation(tmp_path):
+    run = run_cli(tmp_path, "--rounds.num_rounds", "1", "--rounds.steps", "3", "--rounds.mi_steps", "0",
+                  "--trainer.accumulate_grad_batches", "2")
+    assert read_rounds(run)[1]["steps"] == 3 and checkpoint_step(run) == 3
+
+
+def test_the_sampler_draws_what_is_asked_from_the_training_images_only():
+    pool = torch.tensor([0, 2, 3, 5, 7, 8, 9])
+    ranks = [RoundSampler(pool, batch_size=2, num_batches=5, world=2, rank=r, seed=1) for r in (0, 1)]
+    for sampler in ranks:
+        sampler.set_epoch(4)
+    drawn = [list(sampler) for sampler in ranks]
+    assert [len(d) for d in drawn] == [10, 10]
+    stream = [i for pair in zip(*drawn) for i in pair]
+    assert sorted(stream[:7]) == pool.tolist() and set(stream) <= set(pool.tolist())  # a whole pass first
+    ranks[0].set_epoch(5)
+    assert list(ranks[0]) != drawn[0]
+
+
+def test_held_out_images_are_not_trained_on_but_are_reimputed():
+    dm = MaskedImageDataModule(Shapes(num_images=40, image_size=8, seed=0), batch_size=4, val_fraction=0.25)
+    dm.setup()
+    dm.batches_per_epoch = 30
+    held = set(dm.val_indices.tolist())
+    assert len(held) == 10 and not held & set(dm.train_indices.tolist())
+    seen = torch.cat([idx for idx, _, _ in dm.train_dataloader()])
+    assert len(seen) == 120 and not held & set(seen.tolist())
+    images, masks = dm.validation_images()
+    assert torch.equal(images, dm.imputations[dm.val_indices]) and torch.equal(masks, dm.masks[dm.val_indices])
+
+
+def test_a_round_ends_early_once_the_held_out_loss_stops_falling_and_logs_it(tmp_path):
+    # Needing a halving of the loss at every check, a round stops at its minimum length.
+    run = run_cli(tmp_path, "--rounds.num_rounds", "2", "--rounds.steps", "40", "--rounds.min_steps", "4",
+                  "--rounds.val_every_n_steps", "2", "--rounds.patience", "1", "--rounds.min_improvement", "0.5",
+                  "--data.val_fraction", "0.25", "--rounds.mi_steps", "0")
+    rounds = read_rounds(run)
+    assert [r["steps"] for r in rounds[1:]] == [4, 4]
+    assert [step for step, _ in rounds[1]["val_curve"]] == [2, 4]
+    assert all(loss > 0 for _, loss in rounds[1]["val_curve"])
+    assert checkpoint_step(run) == 8
+    logged = (run / "csv").rglob("metrics.csv")
+    assert any("val/loss" in path.read_text().splitlines()[0] for path in logged)
+
+
+def test_a_round_runs_its_full_length_while_the_held_out_loss_falls(tmp_path):
+    run = run_cli(tmp_path, "--rounds.num_rounds", "1", "--rounds.steps", "6", "--rounds.min_steps", "2",
+                  "--rounds.val_every_n_steps", "2", "--rounds.patience", "5", "--data.val_fraction", "0.25",
+                  "--rounds.mi_steps", "0")
+    assert read_rounds(run)[1]["steps"] == 6
+
+
+def spoil(monkeypatch, calls: set):
+    """Replace the solve: the listed calls (1 = the first) pour uniform noise into the missing entries, the
+    others leave the imputations as they were (so that only the spoilt rounds can read as worse)."""
+    count = [0]
+
+    def impute(self, images, masks, batch_size=256):
+        count[0] += 1
+        if count[0] not in calls:
+            return images.clone()
+        return torch.where(masks, images, torch.rand(images.shape, generator=torch.Generator().manual_seed(count[0])))
+
+    monkeypatch.setattr(MIRI, "impute", impute)
+
+
+def test_warn_flags_a_round_made_worse_on_purpose(tmp_path, monkeypatch, recwarn):
+    spoil(monkeypatch, {1})
+    run = run_cli(tmp_path, "--rounds.num_rounds", "2", "--rounds.steps", "4", *SMOOTH)
+    rounds = read_rounds(run)
+    assert rounds[1]["worse"] and rounds[1]["mutual_information"] > rounds[0]["mutual_information"] + 0.05
+    assert any("more detectable" in str(w.message) for w in recwarn)
+    assert [r["best_round"] for r in rounds] == [0, 0, 0]
+
+
+def test_retry_discards_a_worse_round_and_trains_it_longer(tmp_path, monkeypatch):
+    spoil(monkeypatch, {1})
+    run = run_cli(tmp_path, "--rounds.num_rounds", "1", "--rounds.steps", "4", "--rounds.on_worse", "retry",
+                  "--rounds.max_retries", "2", *SMOOTH)
+    rounds = read_rounds(run)
+    assert rounds[1]["retries"] == 1 and rounds[1]["steps"] == 8 and not rounds[1]["worse"]
+    assert rounds[1]["mutual_information"] == rounds[0]["mutual_information"]  # the second try's result
+    assert checkpoint_step(run) == 8
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.ckpt")) == ["last.ckpt", "round001.ckpt"]
+
+
+def test_retries_are_bounded(tmp_path, monkeypatch):
+    spoil(monkeypatch, {1, 2, 3})
+    run = run_cli(tmp_path, "--rounds.num_rounds", "1", "--rounds.steps", "2", "--rounds.on_worse", "retry",
+                  "--rounds.max_retries", "2", *SMOOTH)
+    last = read_rounds(run)[1]
+    assert last["retries"] == 2 and last["worse"] and last["steps"] == 6  # kept, flagged, after 3 tries
+
+
+def test_stop_ends_the_run_and_the_best_round_is_kept_beside_the_latest(tmp_path, monkeypatch):
+    spoil(monkeypatch, {1})
+    run = run_cli(tmp_path, "--rounds.num_rounds", "3", "--rounds.steps", "4", "--rounds.on_worse", "stop", *SMOOTH)
+    rounds = read_rounds(run)
+    assert [r["round"] for r in rounds] == [0, 1] and rounds[1]["worse"] and rounds[1]["best_round"] == 0
+    with np.load(run / "imputations_best.npz") as best, np.load(run / "imputations.npz") as latest:
+        assert int(best["round"]) == 0 and int(latest["round"]) == 1
+        assert not np.array_equal(best["images"], latest["images"])
+
+
+def test_a_rise_within_the_estimates_spread_is_not_worse():
+    before = {"mutual_information": 0.10, "mutual_information_se": 0.01}
+    assert not information_rose(before, {"mutual_information": 0.12, "mutual_information_se": 0.01})
+    assert information_rose(before, {"mutual_information": 0.14, "mutual_information_se": 0.01})
+    assert information_rose({"mutual_information": 0.1}, {"mutual_information": 0.1001})  # one seed: any rise
+    assert not information_rose(None, {"mutual_information": 1.0})  # round 0 has nothing to compare with
