@@ -245,17 +245,16 @@ class MIRIRounds(Callback):
                                   self.mi_seeds)
 
     def _report(self, trainer: Trainer, pl_module: LightningModule, metrics: Optional[dict], extra: dict) -> None:
-        """Grid, files and logs of the round just ended (rank 0 only: no collectives in here)."""
-        dm = trainer.datamodule
-        if self.best is None or metrics is not None and metrics["mutual_information"] < self.best["mutual_information"]:
-            self.best = {"round": dm.round, "mutual_information": None if metrics is None else
-                         metrics["mutual_information"]}
-            new_best = True
-        else:
-            new_best = False
-        self.previous = None if metrics is None else _information(metrics)
+        """Best round, grid, files and logs of the round just ended (rank 0 only: no collectives in here)."""
         if not trainer.is_global_zero:
             return
+        dm = trainer.datamodule
+        # Without an estimate (mi_steps 0) there is nothing to rank rounds by: the latest counts as the best.
+        new_best = (self.best is None or not self.mi_steps
+                    or metrics["mutual_information"] < self.best["mutual_information"])
+        if new_best:
+            self.best = {"round": dm.round, "mutual_information": metrics["mutual_information"]}
+        self.previous = _information(metrics)
         run_dir = Path(trainer.default_root_dir)
         record = {"round": dm.round, **metrics, "best_round": self.best["round"], **extra}
         save_imputations(run_dir / IMPUTATIONS_FILE, dm.imputations, dm.masks, round=dm.round)
