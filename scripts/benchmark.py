@@ -3,14 +3,35 @@
     python scripts/benchmark.py --npz ../shared/data/mnist32_uint8.npz --num-images 1000 \
         --config configs/mnist_cpu.yaml --masks mcar60 boxes strokes --seeds 1 2 3 --out docs/benchmarks
 
+CelebA-64, RGB, with the CelebA protocol's masks (`mcar60c`: each channel of a pixel missing on its own):
+
+    python scripts/benchmark.py --npz ../shared/data/celeba64_uint8.npz --num-images 1000 \
+        --config configs/celeba.yaml --masks mcar60c --seeds 1 --out docs/benchmarks/celeba
+
 For every (mask setting, seed): the masks are drawn once; the baselines (the
 noise fill, the per-entry observed mean, normalised Gaussian interpolation,
-wide and narrow, 5-nearest neighbours over mutually observed entries) are scored on them; then
-`train.py --config CONFIG` runs on the same images and masks, and its
-rounds.jsonl gives MIRI's metrics per round with the wall time. Writes
-`results.json`, `table.md` (mean and spread over seeds), `rounds.png`
-(MIRI's PSNR and MMD against round and against wall time, baselines as lines)
-and the last run's grid. `--baselines-only` skips MIRI and the plot.
+wide and narrow, 5-nearest neighbours over mutually observed entries) are
+scored on them: MMD, PSNR and SSIM against the truth, and the mask information
+(how much a fill gives away where entries were missing; `--mi-steps`
+classifier steps, the mean over `--mi-seeds` seeds, 0 steps skips it). Then
+`train.py --config CONFIG` runs on the same images and masks with the same
+mask-information settings, and its rounds.jsonl gives MIRI's metrics per round
+with the wall time; MIRI's last round, and its best round where the run
+records one (`best_round`), are checked against targets set by the fills
+(`targets`). Writes `results.json`, `table.md` (mean and spread over seeds,
+then the targets per seed with their margins), `rounds.png` (MIRI's PSNR and
+MMD against round and against wall time, baselines as lines) and the last
+run's grid. The plot needs matplotlib (`pip install -e '.[bench]'`): without
+it, the script says so at the start and writes everything else.
+`--baselines-only` skips MIRI, the targets and the plot.
+
+Cost at 64x64 (the baselines on 1,000 CelebA images, one mask setting and
+seed): about 3 CPU-minutes and 4.8 GB, mostly the mask information (5 fills x
+3 seeds x 1,000 steps of a small classifier). On CPU cores shared with other
+jobs, set OMP_NUM_THREADS=1: measured on 2 busy cores, 5.5 minutes with it
+and 23 without (two threads waiting on each other in every small step). The
+5-nearest neighbours take seconds here (about 200 s and 4.4 GB at 5,000
+images: quadratic in them); `--skip-knn` leaves them out.
 
 Beside them, the MMD between two random halves of the true images: how far
 apart two samples of the same distribution, of half the size, read on this
@@ -39,30 +60,49 @@ from miri_lightning.baselines import interpolation_fill, knn_fill, mean_fill, no
 from miri_lightning.data.masks import MCAR, RandomBoxes, Strokes  # noqa: E402
 from miri_lightning.data.sources import NpzImages  # noqa: E402
 from miri_lightning.io import atomic_path  # noqa: E402
-from miri_lightning.metrics import mmd_rbf, missing_rmse, psnr, ssim  # noqa: E402
+from miri_lightning.metrics import MI_STEPS, collection_metrics, mmd_rbf  # noqa: E402
 
 # Mask settings: (mechanism class, its arguments). A mask that is the same for
 # every image (one centred box) is left out on purpose: nothing trained on the
 # incomplete data alone can learn pixels that no image shows.
 MASKS = {
     "mcar60": (MCAR, {"missing_rate": 0.6}),
+    "mcar60c": (MCAR, {"missing_rate": 0.6, "per_channel": True}),  # CelebA's protocol: each channel on its own
     "mcar80": (MCAR, {"missing_rate": 0.8}),
     "boxes": (RandomBoxes, {"num_boxes": 1, "min_size": 0.25, "max_size": 0.5}),
     "strokes": (Strokes, {"num_strokes": 4}),
 }
+SIGMA_1, SIGMA_04 = "Gaussian interpolation (sigma 1)", "Gaussian interpolation (sigma 0.4)"
+KNN = "5-nearest neighbours"
 BASELINES = {
     "noise fill": lambda x, m, seed: noise_fill(x, m, seed),
     "per-entry mean": lambda x, m, seed: mean_fill(x, m),
-    "Gaussian interpolation (sigma 1)": lambda x, m, seed: interpolation_fill(x, m, sigma=1.0),
+    SIGMA_1: lambda x, m, seed: interpolation_fill(x, m, sigma=1.0),
     # Almost the mean of the nearest observed neighbours: a neighbour at distance 1 weighs 23 times one at sqrt(2).
-    "Gaussian interpolation (sigma 0.4)": lambda x, m, seed: interpolation_fill(x, m, sigma=0.4),
-    "5-nearest neighbours": lambda x, m, seed: knn_fill(x, m, k=5),
+    SIGMA_04: lambda x, m, seed: interpolation_fill(x, m, sigma=0.4),
+    KNN: lambda x, m, seed: knn_fill(x, m, k=5),
 }
+PSNR_SLACK_DB = 3.0  # target (d): MIRI may trail the wide interpolation's PSNR by this much
+MATPLOTLIB_MISSING = ("matplotlib is not installed: rounds.png will be skipped, everything else runs "
+                      "(to get the plot: pip install -e '.[bench]', or pip install matplotlib)")
 
 
-def score(imputed: torch.Tensor, truth: torch.Tensor, masks: torch.Tensor) -> dict:
-    rmse = missing_rmse(imputed, truth, masks)
-    return {"mmd": mmd_rbf(imputed, truth), "psnr": psnr(rmse), "rmse": rmse, "ssim": ssim(imputed, truth)}
+def measured(metrics: dict, mi_steps: int) -> dict:
+    """`metrics` with the mask information None where --mi-steps 0 skipped it (it reads 0.0: not 0 bits)."""
+    return metrics if mi_steps else {**metrics, "mutual_information": None}
+
+
+def score_baselines(images: torch.Tensor, masks: torch.Tensor, seed: int, methods: list[str], args) -> dict:
+    """Each fill's metrics on all the images, with the estimator (steps, seeds) MIRI's rounds use."""
+    scores = {}
+    for method in methods:
+        start = time.perf_counter()
+        imputed = BASELINES[method](images, masks, seed)
+        seconds = time.perf_counter() - start  # the fill's, not the scoring's
+        metrics = collection_metrics(imputed, masks, images, max_images=len(images), mi_steps=args.mi_steps,
+                                     mi_seeds=args.mi_seeds)
+        scores[method] = {**measured(metrics, args.mi_steps), "seconds": seconds}
+    return scores
 
 
 def truth_halves_mmd(images: torch.Tensor, seed: int = 0) -> float:
@@ -77,13 +117,15 @@ def run_miri(args, mask_name: str, seed: int, run_dir: Path) -> list[dict]:
     mask = {"class_path": f"{cls.__module__}.{cls.__name__}", "init_args": {**kwargs, "seed": seed}}
     source = {"class_path": "miri_lightning.data.sources.NpzImages",
               "init_args": {"path": str(Path(args.npz).resolve()), "num_images": args.num_images}}
+    # The baselines' --mi-steps, --mi-seeds and all the images: MIRI's mask information reads on their scale.
     cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(args.config),
            "--data.source", json.dumps(source), "--data.mask", json.dumps(mask), "--seed_everything", str(seed),
            "--data.seed", str(seed), "--model.seed", str(seed), "--trainer.default_root_dir", str(run_dir),
            "--logging.backend", "csv", "--trainer.enable_progress_bar", "false",
-           "--rounds.metrics_max_images", str(args.num_images), *args.overrides]
+           "--rounds.metrics_max_images", str(args.num_images), "--rounds.mi_steps", str(args.mi_steps),
+           "--rounds.mi_seeds", str(args.mi_seeds), *args.overrides]
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    rounds = [measured(json.loads(line), args.mi_steps) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
     elapsed = 0.0
     for r in rounds:
         elapsed += r["train_seconds"] + r["impute_seconds"]
@@ -91,55 +133,149 @@ def run_miri(args, mask_name: str, seed: int, run_dir: Path) -> list[dict]:
     return rounds
 
 
-def summary(values: list[float]) -> str:
+def _check(value: float | None, limit: float | None, at_most: bool) -> dict:
+    """One target: the margin is how far inside the limit the value is (negative: outside); None: not measured."""
+    margin = None if value is None or limit is None else (limit - value if at_most else value - limit)
+    return {"value": value, "limit": limit, "margin": margin, "pass": None if margin is None else margin >= 0}
+
+
+def targets(rounds: list[dict], baselines: dict, record: dict) -> dict:
+    """MIRI's round `record` (and the run's `rounds`) against the fills on the same masks:
+
+    (a) mask information at most half the sigma-0.4 interpolation's;
+    (b) no round after round 2 with more mask information than MIRI's own round 0 (the fill);
+    (c) MMD at most the sigma-0.4 interpolation's;
+    (d) PSNR at least the sigma-1 interpolation's minus PSNR_SLACK_DB.
+    (a) and (b) are not judged (None) without mask information (--mi-steps 0), nor (b) before round 3.
+    """
+    sharp_information = baselines[SIGMA_04]["mutual_information"]
+    later = [r["mutual_information"] for r in rounds if r["round"] > 2]
+    checks = {
+        "mi_at_most_half_sigma04": _check(record["mutual_information"],
+                                          None if sharp_information is None else sharp_information / 2, at_most=True),
+        "no_mi_rise_after_round_2": _check(max(later) if later and None not in later else None,
+                                           rounds[0]["mutual_information"], at_most=True),
+        "mmd_at_most_sigma04": _check(record["mmd"], baselines[SIGMA_04]["mmd"], at_most=True),
+        "psnr_at_least_sigma1_minus_3db": _check(record["psnr"], baselines[SIGMA_1]["psnr"] - PSNR_SLACK_DB,
+                                                 at_most=False),
+    }
+    verdicts = [c["pass"] for c in checks.values()]
+    overall = False if False in verdicts else None if None in verdicts else True
+    return {"round": record["round"], "checks": checks, "pass": overall}
+
+
+def find_round(rounds: list[dict], number: int) -> dict:
+    return next(r for r in rounds if r["round"] == number)
+
+
+def miri_targets(rounds: list[dict], baselines: dict) -> dict:
+    """The targets for MIRI's last round and, where the run records one, for its best round (the one it keeps)."""
+    out = {"last": targets(rounds, baselines, rounds[-1])}
+    best = rounds[-1].get("best_round")
+    if best is not None:
+        out["best"] = targets(rounds, baselines, find_round(rounds, best))
+    return out
+
+
+def summary(values: list[float | None]) -> str:
+    if None in values:
+        return "—"  # not measured (--mi-steps 0)
     mean = statistics.fmean(values)
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{mean:.3g} ± {spread:.2g}" if len(values) > 1 else f"{mean:.3g}"
+
+
+TABLE_KEYS = ("mmd", "psnr", "ssim", "mutual_information")
+CHECK_NAMES = {"mi_at_most_half_sigma04": "(a) mask information <= half the sigma-0.4 fill's",
+               "no_mi_rise_after_round_2": "(b) max mask information after round 2 <= round 0's",
+               "mmd_at_most_sigma04": "(c) MMD <= the sigma-0.4 fill's",
+               "psnr_at_least_sigma1_minus_3db": f"(d) PSNR >= the sigma-1 fill's - {PSNR_SLACK_DB:g} dB"}
+
+
+def method_row(name: str, records: list[dict], time_key: str) -> str:
+    cells = [summary([r[k] for r in records]) for k in (*TABLE_KEYS, time_key)]
+    return f"| {name} | {' | '.join(cells)} |"
+
+
+def miri_rows(per_seed: list[dict]) -> list[str]:
+    rows = [method_row(f"MIRI ({len(per_seed[0]['miri']) - 1} rounds)", [s["miri"][-1] for s in per_seed],
+                       "wall_seconds")]
+    if all("best" in s["targets"] for s in per_seed):
+        best = [find_round(s["miri"], s["targets"]["best"]["round"]) for s in per_seed]
+        rounds = ", ".join(str(r["round"]) for r in best)
+        rows.append(method_row(f"MIRI best round (round {rounds})", best, "wall_seconds"))
+    return rows
+
+
+def verdict_word(passed: bool | None) -> str:
+    return {True: "pass", False: "FAIL", None: "n/a"}[passed]
+
+
+def number(value: float | None, signed: bool = False) -> str:
+    return "—" if value is None else f"{value:+.3g}" if signed else f"{value:.3g}"
+
+
+def targets_lines(per_seed: list[dict]) -> list[str]:
+    lines = ["MIRI against the targets (margin > 0: inside the limit):", "",
+             "| seed | round | target | limit | value | margin | verdict |", "|---|---|---|---|---|---|---|"]
+    for s in per_seed:
+        for which, verdict in s["targets"].items():
+            if which == "best" and verdict["round"] == s["targets"]["last"]["round"]:
+                continue  # the same rows again
+            for key, c in verdict["checks"].items():
+                lines.append(f"| {s['seed']} | {which} ({verdict['round']}) | {CHECK_NAMES[key]} | "
+                             f"{number(c['limit'])} | {number(c['value'])} | {number(c['margin'], signed=True)} | "
+                             f"{verdict_word(c['pass'])} |")
+            lines.append(f"| {s['seed']} | {which} ({verdict['round']}) | all four | | | | "
+                         f"**{verdict_word(verdict['pass'])}** |")
+    return lines + [""]
 
 
 def write_table(results: dict, path: Path, reference_mmd: float) -> None:
     lines = [f"MMD between two random halves of the true images: {reference_mmd:.3g}", ""]
     for mask_name, per_seed in results.items():
         lines += [f"### {mask_name} ({len(per_seed)} seed(s))", "",
-                  "| method | MMD | PSNR over missing (dB) | SSIM | wall time (s) |", "|---|---|---|---|---|"]
-        methods = per_seed[0]["baselines"].keys()
-        for method in methods:
-            cells = [summary([s["baselines"][method][k] for s in per_seed]) for k in ("mmd", "psnr", "ssim", "seconds")]
-            lines.append(f"| {method} | {' | '.join(cells)} |")
+                  "| method | MMD | PSNR over missing (dB) | SSIM | mask information (bits) | wall time (s) |",
+                  "|---|---|---|---|---|---|"]
+        for method in per_seed[0]["baselines"]:
+            lines.append(method_row(method, [s["baselines"][method] for s in per_seed], "seconds"))
         if "miri" in per_seed[0]:
-            finals = [s["miri"][-1] for s in per_seed]
-            cells = [summary([f[k] for f in finals]) for k in ("mmd", "psnr", "ssim", "wall_seconds")]
-            lines.append(f"| MIRI ({len(per_seed[0]['miri']) - 1} rounds) | {' | '.join(cells)} |")
+            lines += miri_rows(per_seed) + [""] + targets_lines(per_seed)
         lines.append("")
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines))
 
 
-def write_plot(results: dict, path: Path) -> None:
-    import matplotlib
-
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, or None where matplotlib (the `bench` extra) is missing."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def write_plot(results: dict, path: Path, plt) -> None:
     fig, axes = plt.subplots(len(results), 4, figsize=(16, 3.5 * len(results)), squeeze=False)
     for row, (mask_name, per_seed) in enumerate(results.items()):
         for col, (metric, x_key) in enumerate([("psnr", "round"), ("psnr", "wall_seconds"),
                                                ("mmd", "round"), ("mmd", "wall_seconds")]):
             ax = axes[row, col]
             for s in per_seed:
-                if "miri" in s:
-                    ax.plot([r[x_key] for r in s["miri"]], [r[metric] for r in s["miri"]], "o-",
-                            label=f"MIRI seed {s['seed']}")
-            for method, value in per_seed[0]["baselines"].items():
-                ax.axhline(value[metric], ls="--", lw=1, color=f"C{list(per_seed[0]['baselines']).index(method) + 4}",
-                           label=method)
+                ax.plot([r[x_key] for r in s["miri"]], [r[metric] for r in s["miri"]], "o-",
+                        label=f"MIRI seed {s['seed']}")
+            for i, (method, value) in enumerate(per_seed[0]["baselines"].items()):
+                ax.axhline(value[metric], ls="--", lw=1, color=f"C{i + 4}", label=method)
             ax.set(xlabel=x_key.replace("_", " "), ylabel=metric, title=mask_name, yscale="log" if metric == "mmd" else "linear")
         axes[row, 0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--npz", required=True, help=".npz with an `images` array (N,H,W[,C])")
     p.add_argument("--num-images", type=int, default=1000)
@@ -148,36 +284,55 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     p.add_argument("--baselines-only", action="store_true")
+    p.add_argument("--skip-knn", action="store_true", help="leave out the 5-nearest neighbours (quadratic in images)")
+    p.add_argument("--mi-steps", type=int, default=MI_STEPS,
+                   help="mask-information classifier steps, for the baselines and MIRI alike (0 skips it)")
+    p.add_argument("--mi-seeds", type=int, default=3,
+                   help="mask-information classifier seeds (the estimate is their mean), baselines and MIRI alike")
     p.add_argument("overrides", nargs="*", help="train.py overrides for MIRI, after --")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def run_seed(args, images: torch.Tensor, mask_name: str, seed: int, methods: list[str]) -> dict:
+    cls, kwargs = MASKS[mask_name]
+    masks = cls(**kwargs, seed=seed)(images)
+    entry = {"seed": seed, "baselines": score_baselines(images, masks, seed, methods, args)}
+    if not args.baselines_only:
+        run_dir = args.out / "runs" / f"{mask_name}_seed{seed}"
+        entry["miri"] = run_miri(args, mask_name, seed, run_dir)
+        entry["targets"] = miri_targets(entry["miri"], entry["baselines"])
+        grids = sorted((run_dir / "grids").glob("*.png"))
+        shutil.copy(grids[-1], args.out / f"grid_{mask_name}.png")
+    return entry
+
+
+def main() -> None:
+    args = parse_args()
+    # Checked now, not after the runs: a missing plotting library must not end hours of work in a traceback.
+    plt = None if args.baselines_only else pyplot()
+    if not args.baselines_only and plt is None:
+        print(MATPLOTLIB_MISSING, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     images = NpzImages(args.npz, num_images=args.num_images).load().images
     reference_mmd = truth_halves_mmd(images)
+    methods = [m for m in BASELINES if not (args.skip_knn and m == KNN)]
     results = {}
     for mask_name in args.masks:
-        cls, kwargs = MASKS[mask_name]
         results[mask_name] = []
         for seed in args.seeds:
-            masks = cls(**kwargs, seed=seed)(images)
-            entry = {"seed": seed, "baselines": {}}
-            for method, fill in BASELINES.items():
-                start = time.perf_counter()
-                imputed = fill(images, masks, seed)
-                seconds = time.perf_counter() - start  # the fill's, not the scoring's
-                entry["baselines"][method] = {**score(imputed, images, masks), "seconds": seconds}
-            if not args.baselines_only:
-                run_dir = args.out / "runs" / f"{mask_name}_seed{seed}"
-                entry["miri"] = run_miri(args, mask_name, seed, run_dir)
-                grids = sorted((run_dir / "grids").glob("*.png"))
-                shutil.copy(grids[-1], args.out / f"grid_{mask_name}.png")
+            entry = run_seed(args, images, mask_name, seed, methods)
             results[mask_name].append(entry)
             print(json.dumps({"mask": mask_name, **entry})[:400], flush=True)
     with atomic_path(args.out / "results.json") as tmp:  # the runs behind it may have taken hours
-        tmp.write_text(json.dumps({"truth_halves_mmd": reference_mmd, "masks": results}, indent=1))
+        tmp.write_text(json.dumps({"truth_halves_mmd": reference_mmd, "mi_steps": args.mi_steps,
+                                   "mi_seeds": args.mi_seeds, "masks": results}, indent=1))
     write_table(results, args.out / "table.md", reference_mmd)
-    if not args.baselines_only:  # the plot is MIRI's rounds; it needs matplotlib (the `bench` extra)
-        write_plot(results, args.out / "rounds.png")
     print((args.out / "table.md").read_text())
+    if plt is not None:
+        try:
+            write_plot(results, args.out / "rounds.png", plt)
+        except Exception as error:  # the results are saved: a plotting failure must not end the run in a traceback
+            print(f"rounds.png not written ({error!r}); results.json and table.md are", file=sys.stderr)
 
 
 if __name__ == "__main__":

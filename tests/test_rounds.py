@@ -1,7 +1,6 @@
 """A round's length in optimiser steps, its end by a held-out loss, and what a round that made things worse does."""
 
 import numpy as np
-import pytest
 import torch
 
 from conftest import read_rounds, run_cli

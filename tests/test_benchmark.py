@@ -1,0 +1,248 @@
+"""scripts/benchmark.py: the baselines (with their mask information) on plain and per-channel masks, MIRI's
+targets verdict, and a run without matplotlib that still writes everything but the plot."""
+
+import copy
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from miri_lightning.baselines import noise_fill
+from miri_lightning.data.sources import NpzImages
+from miri_lightning.metrics import mask_information
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "benchmark.py"
+
+# A MIRI run of seconds on 16x16 images: a U-Net of width 8, 4 rounds of one epoch, 2 solver steps.
+TINY_MIRI = [
+    "--data.batch_size", "16", "--model.net.width", "8", "--model.net.channel_mults", "[1, 2]",
+    "--model.net.attention_resolutions", "[]", "--model.ema_decay", "0.0", "--model.lr", "3e-3",
+    "--model.warmup_steps", "1", "--model.solver.steps", "2", "--rounds.grid_images", "4",
+    "--rounds.num_rounds", "4", "--rounds.steps", "4", "--trainer.precision", "32-true",
+    "--trainer.enable_model_summary", "false", "--trainer.accelerator", "cpu",
+]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_images(path: Path, n: int = 40, size: int = 8) -> Path:
+    """Smooth RGB ramps with a little noise, each channel its own brightness: easy to interpolate, varied."""
+    rng = np.random.default_rng(0)
+    ramps = np.linspace(0, 255, size)[None, :, None, None] * rng.uniform(0.2, 1, (n, 1, 1, 3))
+    images = (ramps + rng.normal(0, 8, (n, size, size, 3))).clip(0, 255).astype(np.uint8)
+    np.savez(path, images=images)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """Tiny tensors: a second thread only contends for the cores (on a busy 2-core machine, 10 times slower).
+    One thread here and in the scripts and runs started from here."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def script(*args) -> str:
+    done = subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_per_channel_mask_setting_hides_each_channel_on_its_own(bench):
+    images = torch.rand(50, 3, 8, 8)
+    cls, kwargs = bench.MASKS["mcar60c"]
+    masks = cls(**kwargs, seed=1)(images)
+    assert (masks[:, 0] != masks[:, 1]).any() and (masks[:, 1] != masks[:, 2]).any()
+    assert (~masks).float().mean().item() == pytest.approx(0.6, abs=0.03)
+    cls, kwargs = bench.MASKS["mcar60"]
+    shared = cls(**kwargs, seed=1)(images)
+    assert (shared[:, 0] == shared[:, 1]).all() and (shared[:, 1] == shared[:, 2]).all()
+
+
+def test_baselines_only_scores_every_fill_with_its_mask_information(tmp_path, bench):
+    npz = write_images(tmp_path / "d.npz")
+    out = tmp_path / "out"
+    script("--npz", npz, "--num-images", 40, "--masks", "mcar60", "mcar60c", "--seeds", 1, 2, "--baselines-only",
+           "--mi-steps", 50, "--mi-seeds", 2, "--out", out)
+    result = json.loads((out / "results.json").read_text())
+    assert result["truth_halves_mmd"] > 0 and (result["mi_steps"], result["mi_seeds"]) == (50, 2)
+    assert list(result["masks"]) == ["mcar60", "mcar60c"]
+    assert result["masks"]["mcar60"][0]["baselines"]["noise fill"]["mutual_information"] > 0  # noise gives holes away
+    table = (out / "table.md").read_text()
+    assert f"{result['truth_halves_mmd']:.3g}" in table and "| mask information (bits) |" in table
+    for mask_name, seeds in result["masks"].items():
+        assert [s["seed"] for s in seeds] == [1, 2] and not any("miri" in s or "targets" in s for s in seeds)
+        for s in seeds:
+            scores = s["baselines"]
+            assert list(scores) == list(bench.BASELINES)
+            assert all(v["mutual_information"] >= 0 for v in scores.values())
+            # on smooth images, filling from the neighbours beats uniform noise by far
+            assert scores[bench.SIGMA_04]["psnr"] > scores["noise fill"]["psnr"] + 10
+        # the mask information is the fill's, on these masks, with --mi-steps, averaged over --mi-seeds
+        images = NpzImages(npz, num_images=40).load().images
+        cls, kwargs = bench.MASKS[mask_name]
+        masks = cls(**kwargs, seed=2)(images)
+        filled = noise_fill(images, masks, 2)
+        expected = np.mean([mask_information(filled, masks, steps=50, seed=s) for s in (0, 1)])
+        assert seeds[1]["baselines"]["noise fill"]["mutual_information"] == pytest.approx(expected, abs=1e-6)
+        section = table.split(f"### {mask_name} (2 seed(s))")[1].split("###")[0]
+        rows = [line.split(" | ")[0].lstrip("| ") for line in section.splitlines() if line.startswith("| ")]
+        assert rows[1:] == list(bench.BASELINES)  # the header, then one row per fill
+        assert "MIRI" not in section
+
+
+def run_main(bench, monkeypatch, *args) -> None:
+    """The script in this process (no start-up of seconds; `sys.modules` can be patched)."""
+    monkeypatch.setattr(sys, "argv", [str(SCRIPT), *map(str, args)])
+    bench.main()
+
+
+def test_skip_knn_and_no_mask_information(tmp_path, bench, monkeypatch):
+    out = tmp_path / "out"
+    run_main(bench, monkeypatch, "--npz", write_images(tmp_path / "d.npz"), "--num-images", 40, "--masks", "mcar60c",
+             "--seeds", 1, "--baselines-only", "--skip-knn", "--mi-steps", 0, "--out", out)
+    scores = json.loads((out / "results.json").read_text())["masks"]["mcar60c"][0]["baselines"]
+    assert list(scores) == [m for m in bench.BASELINES if m != bench.KNN]
+    assert all(v["mutual_information"] is None for v in scores.values())  # not measured, not 0 bits
+    assert bench.KNN not in (out / "table.md").read_text()
+
+
+BASELINES = {"Gaussian interpolation (sigma 0.4)": {"mmd": 1e-3, "psnr": 20.0, "mutual_information": 0.30},
+             "Gaussian interpolation (sigma 1)": {"mmd": 2e-3, "psnr": 22.0, "mutual_information": 0.20}}
+
+
+def passing_rounds() -> list[dict]:
+    """Round 0 is the fill; the last round meets all four targets: MI 0.1 <= 0.15, no round after 2 above 0.3,
+    MMD 5e-4 <= 1e-3, PSNR 20 >= 22 - 3."""
+    infos = [0.30, 0.25, 0.12, 0.11, 0.10]
+    return [{"round": t, "mutual_information": i, "mmd": 5e-4 if t else 2e-3, "psnr": 20.0 if t else 18.0}
+            for t, i in enumerate(infos)]
+
+
+def test_targets_pass_with_their_margins(bench):
+    verdict = bench.miri_targets(passing_rounds(), BASELINES)
+    assert list(verdict) == ["last"]  # no best_round recorded
+    last = verdict["last"]
+    assert last["round"] == 4 and last["pass"] is True
+    checks = last["checks"]
+    assert all(c["pass"] for c in checks.values())
+    assert checks["mi_at_most_half_sigma04"] == pytest.approx({"value": 0.10, "limit": 0.15, "margin": 0.05,
+                                                               "pass": True})
+    assert checks["no_mi_rise_after_round_2"] == pytest.approx({"value": 0.11, "limit": 0.30, "margin": 0.19,
+                                                                "pass": True})
+    assert checks["mmd_at_most_sigma04"]["margin"] == pytest.approx(5e-4)
+    assert checks["psnr_at_least_sigma1_minus_3db"] == pytest.approx({"value": 20.0, "limit": 19.0, "margin": 1.0,
+                                                                      "pass": True})
+
+
+@pytest.mark.parametrize("failing, round_, key, value", [
+    ("mi_at_most_half_sigma04", 4, "mutual_information", 0.2),  # above half of 0.30
+    ("no_mi_rise_after_round_2", 3, "mutual_information", 0.35),  # above round 0's 0.30, the last round fine
+    ("mmd_at_most_sigma04", 4, "mmd", 1.5e-3),
+    ("psnr_at_least_sigma1_minus_3db", 4, "psnr", 18.5),
+])
+def test_each_target_fails_alone(bench, failing, round_, key, value):
+    rounds = passing_rounds()
+    rounds[round_][key] = value
+    last = bench.miri_targets(rounds, BASELINES)["last"]
+    assert last["pass"] is False
+    assert {name for name, c in last["checks"].items() if not c["pass"]} == {failing}
+    assert last["checks"][failing]["margin"] < 0
+
+
+def test_a_rise_in_round_2_or_before_is_allowed(bench):
+    rounds = passing_rounds()
+    rounds[2]["mutual_information"] = 0.5
+    assert bench.miri_targets(rounds, BASELINES)["last"]["pass"] is True
+
+
+def test_best_round_is_judged_beside_the_last(bench):
+    rounds = passing_rounds()
+    rounds[4].update(mmd=3e-3)  # the last round fails (c) ...
+    for r in rounds:
+        r["best_round"] = min(r["round"], 3)  # ... the kept round 3 (MI 0.11, lowest up to round 4's rise) passes
+    rounds[4]["mutual_information"] = 0.12
+    verdict = bench.miri_targets(rounds, BASELINES)
+    assert verdict["last"]["round"] == 4 and verdict["last"]["pass"] is False
+    assert verdict["best"]["round"] == 3 and verdict["best"]["pass"] is True
+    assert verdict["best"]["checks"]["mi_at_most_half_sigma04"]["value"] == 0.11
+
+
+def test_targets_without_mask_information_or_late_rounds_are_not_judged(bench):
+    rounds = [{**r, "mutual_information": None} for r in passing_rounds()]
+    baselines = copy.deepcopy(BASELINES)
+    for b in baselines.values():
+        b["mutual_information"] = None
+    last = bench.miri_targets(rounds, baselines)["last"]
+    assert last["checks"]["mi_at_most_half_sigma04"]["pass"] is None
+    assert last["checks"]["no_mi_rise_after_round_2"]["pass"] is None
+    assert last["checks"]["mmd_at_most_sigma04"]["pass"] is True
+    assert last["pass"] is None  # nothing failed, but not everything could be judged
+    short = bench.miri_targets(passing_rounds()[:3], BASELINES)["last"]
+    assert short["checks"]["no_mi_rise_after_round_2"]["pass"] is None and short["pass"] is None
+
+
+def test_without_matplotlib_everything_but_the_plot_is_written(tmp_path, bench, monkeypatch, capsys):
+    npz = write_images(tmp_path / "d.npz", size=16)
+    out = tmp_path / "out"
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
+    run_main(bench, monkeypatch, "--npz", npz, "--num-images", 40, "--masks", "mcar60c", "--seeds", 1,
+             "--mi-steps", 10, "--mi-seeds", 1, "--config", ROOT / "configs" / "quickstart.yaml", "--out", out,
+             "--", *TINY_MIRI)
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0] == bench.MATPLOTLIB_MISSING  # said at the start, before any work
+    assert "pip install -e '.[bench]'" in printed
+    assert not (out / "rounds.png").exists()
+    entry = json.loads((out / "results.json").read_text())["masks"]["mcar60c"][0]
+    assert [r["round"] for r in entry["miri"]] == [0, 1, 2, 3, 4]
+    assert all(r["mutual_information"] is not None for r in entry["miri"])
+    assert entry["targets"]["last"]["round"] == 4
+    assert set(entry["targets"]["last"]["checks"]) == set(bench.CHECK_NAMES)
+    table = (out / "table.md").read_text()
+    assert "| MIRI (4 rounds) |" in table and "MIRI against the targets" in table
+    assert all(name in table for name in bench.CHECK_NAMES.values())
+    assert (out / "grid_mcar60c.png").exists()
+    # MIRI trained on per-channel masks too: the run's saved masks (N, H, W, C) differ between channels
+    run_masks = np.load(out / "runs" / "mcar60c_seed1" / "imputations.npz")["masks"]
+    assert (run_masks[..., 0] != run_masks[..., 1]).any()
+
+
+def test_plot_of_miri_rounds_and_baselines(tmp_path, bench):
+    pytest.importorskip("matplotlib")
+    rounds = [{**r, "wall_seconds": float(r["round"])} for r in passing_rounds()]
+    results = {"mcar60c": [{"seed": 1, "baselines": BASELINES, "miri": rounds}]}
+    bench.write_plot(results, tmp_path / "rounds.png", bench.pyplot())
+    assert (tmp_path / "rounds.png").stat().st_size > 0
+
+
+def test_table_gives_the_targets_of_the_last_and_of_a_different_best_round(tmp_path, bench):
+    rounds = [{**r, "ssim": 0.5, "wall_seconds": float(r["round"]), "best_round": min(r["round"], 3)}
+              for r in passing_rounds()]
+    rounds[4]["mutual_information"] = 0.14
+    baselines = {name: {**BASELINES.get(name, BASELINES[bench.SIGMA_1]), "ssim": 0.5, "seconds": 0.1}
+                 for name in bench.BASELINES}
+    entry = {"seed": 1, "baselines": baselines, "miri": rounds, "targets": bench.miri_targets(rounds, baselines)}
+    bench.write_table({"mcar60c": [entry]}, tmp_path / "table.md", reference_mmd=0.01)
+    table = (tmp_path / "table.md").read_text()
+    assert "| MIRI (4 rounds) | 0.0005 | 20 | 0.5 | 0.14 | 4 |" in table
+    assert "| MIRI best round (round 3) | 0.0005 | 20 | 0.5 | 0.11 | 3 |" in table
+    check = bench.CHECK_NAMES["mi_at_most_half_sigma04"]
+    assert f"| 1 | last (4) | {check} | 0.15 | 0.14 | +0.01 | pass |" in table
+    assert f"| 1 | best (3) | {check} | 0.15 | 0.11 | +0.04 | pass |" in table
+    assert table.count("| all four | | | | **pass** |") == 2
