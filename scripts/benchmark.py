@@ -6,7 +6,7 @@
 CelebA-64, RGB, with the CelebA protocol's masks (`mcar60c`: each channel of a pixel missing on its own):
 
     python scripts/benchmark.py --npz ../shared/data/celeba64_uint8.npz --num-images 1000 \
-        --config configs/celeba.yaml --masks mcar60c --seeds 1 --out docs/benchmarks/celeba
+        --config configs/celeba_cpu.yaml --masks mcar60c --seeds 1 --out docs/benchmarks/celeba
 
 For every (mask setting, seed): the masks are drawn once; the baselines (the
 noise fill, the per-entry observed mean, normalised Gaussian interpolation,
