@@ -106,6 +106,8 @@ def test_retry_discards_a_worse_round_and_trains_it_longer(tmp_path, monkeypatch
                   "--rounds.max_retries", "2", *SMOOTH)
     rounds = read_rounds(run)
     assert rounds[1]["retries"] == 1 and rounds[1]["steps"] == 8 and not rounds[1]["worse"]
+    [spoilt] = rounds[1]["discarded"]  # the discarded try's metrics stay on record
+    assert spoilt["mutual_information"] > rounds[0]["mutual_information"] + 0.05 and spoilt["psnr"] < rounds[0]["psnr"]
     assert rounds[1]["mutual_information"] == rounds[0]["mutual_information"]  # the second try's result
     assert checkpoint_step(run) == 8
     assert sorted(p.name for p in (run / "checkpoints").glob("*.ckpt")) == ["last.ckpt", "round001.ckpt"]

@@ -140,7 +140,7 @@ class MIRIRounds(Callback):
         self.reinit_each_round, self.solve_batch_size, self.grid_images = reinit_each_round, solve_batch_size, grid_images
         self.metrics_max_images, self.mi_steps = metrics_max_images, mi_steps
         self.train_seconds, self.train_images, self.fastest_epoch = 0.0, 0, math.inf
-        self.round_steps, self.val_curve = 0, []
+        self.round_steps, self.val_curve, self.discarded = 0, [], []
         # Kept in checkpoints: the last accepted round's mask information, the best round, this round's retries.
         self.previous: Optional[dict] = None
         self.best: Optional[dict] = None
@@ -212,6 +212,7 @@ class MIRIRounds(Callback):
         worse = trainer.strategy.broadcast(metrics is not None and information_rose(self.previous, metrics))
         if worse and self.on_worse == "retry" and self.retries < self.max_retries:
             self.retries += 1
+            self.discarded.append(metrics)
             rank_zero_warn(f"MIRI round {dm.round + 1}: the new imputations carry more mask information than round "
                            f"{dm.round}'s ({_bits(metrics)} against {_bits(self.previous)}); discarded them, "
                            f"training the same round longer (retry {self.retries} of {self.max_retries})")
@@ -226,9 +227,10 @@ class MIRIRounds(Callback):
                   "train_images_per_second": self.train_images / max(self.train_seconds, 1e-9),
                   "impute_images_per_second": len(dm.masks) / max(impute_seconds, 1e-9),
                   "fastest_epoch_seconds": self.fastest_epoch, "peak_memory_gb": peak_memory_gb(pl_module.device)}
-        rounds = {"steps": self.round_steps, "retries": self.retries, "worse": bool(worse), "val_curve": self.val_curve}
+        rounds = {"steps": self.round_steps, "retries": self.retries, "worse": bool(worse), "val_curve": self.val_curve,
+                  "discarded": self.discarded}
         self.train_seconds, self.train_images, self.fastest_epoch = 0.0, 0, math.inf
-        self.round_steps, self.val_curve, self.retries = 0, [], 0
+        self.round_steps, self.val_curve, self.retries, self.discarded = 0, [], 0, []
         pl_module.log("round", float(dm.round), on_step=False, on_epoch=True, sync_dist=True)
         self._report(trainer, pl_module, metrics, {**timing, **rounds})
         if dm.round >= self.num_rounds or (worse and self.on_worse == "stop"):
