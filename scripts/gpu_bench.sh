@@ -5,11 +5,13 @@
 #   quality  time to MMD 1e-4 on MNIST-32 with configs/mnist.yaml, against the paper's first round (7 min)
 #   mnist    ours (configs/mnist.yaml) against configs/paper.yaml on MNIST-32: throughput, share of peak
 #   cifar10  the same on CIFAR-10
+#   celeba   configs/celeba.yaml as it is on the 5,000 shared faces; its run folder (rounds.jsonl, grids) in OUT
 # Each stage has a time cap, so that one slow stage cannot eat the others; its JSON lands in OUT
 # as it is measured (a capped stage keeps what it finished).
 #
 #   bash scripts/gpu_bench.sh [DATA_DIR] [OUT_DIR]     # DATA_DIR defaults to ../shared/data
 #   STAGES=levers bash scripts/gpu_bench.sh            # one stage per device call: each fits in 10 minutes
+#   STAGES=celeba bash scripts/gpu_bench.sh            # the CelebA recipe whole (the GPU run)
 #
 # EXTRA (environment) is appended to every train.py run, e.g. for a dry run on a CPU:
 #   EXTRA="--trainer.accelerator cpu --data.source.num_images 600" SCALE=0.2 bash scripts/gpu_bench.sh
@@ -28,6 +30,18 @@ cd "$(dirname "$0")/.."
 
 MNIST="--data.source NpzImages --data.source.path $DATA/mnist32_uint8.npz --data.source.num_images 5000"
 CIFAR="--data.source NpzImages --data.source.path $DATA/cifar10_uint8.npz --data.source.num_images 5000"
+CELEBA="--data.source NpzImages --data.source.path $DATA/celeba64_uint8.npz --data.source.num_images 5000"
+
+# run NAME SECONDS CONFIG: train.py as it is under a time cap, its run folder in OUT/NAME (checkpoints left out)
+run() {
+  local name=$1 cap=$2 config=$3
+  echo "== $name (at most $cap s)" | tee -a "$OUT/log.txt"
+  local start=$SECONDS
+  timeout "$cap" $PY train.py --config "$config" $CELEBA --logging.backend csv --trainer.enable_progress_bar false \
+    --trainer.default_root_dir "$OUT/$name" $EXTRA >>"$OUT/log.txt" 2>&1
+  echo "   $name: exit $? after $((SECONDS - start)) s" | tee -a "$OUT/log.txt"
+  rm -rf "$OUT/$name/checkpoints" "$OUT/$name/state"
+}
 
 # stage NAME SECONDS ARGS...: bench_speed.py under a time cap; its JSON lines to the screen, all to OUT/log.txt
 stage() {
@@ -70,6 +84,7 @@ for name in $STAGES; do
              --peak-tflops 989 -- $MNIST $EXTRA ;;
     cifar10) stage cifar10 "$(cap 130)" --config configs/cifar10.yaml --skip-quality --steps 60 --rounds 2 \
                --peak-tflops 989 -- $CIFAR $EXTRA ;;
-    *) echo "unknown stage $name (levers, quality, mnist, cifar10)" >&2; exit 2 ;;
+    celeba) run celeba "$(cap 560)" configs/celeba.yaml ;;
+    *) echo "unknown stage $name (levers, quality, mnist, cifar10, celeba)" >&2; exit 2 ;;
   esac
 done
