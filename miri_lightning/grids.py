@@ -18,9 +18,11 @@ def to_rgb(images: torch.Tensor) -> torch.Tensor:
 
 
 def show_missing(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """RGB copies of `images` with every pixel that has a missing channel painted MISSING_COLOUR."""
-    pixel_missing = (~masks.bool()).any(1, keepdim=True)
-    return torch.where(pixel_missing, MISSING_COLOUR.view(1, 3, 1, 1), to_rgb(images))
+    """RGB copies of `images` as the model sees them: a pixel with no observed channel in MISSING_COLOUR, a
+    missing channel of a partly observed pixel at 0 (with channels missing independently, most pixels miss one)."""
+    observed = to_rgb(masks.bool())
+    shown = torch.where(observed, to_rgb(images), 0.0)
+    return torch.where(observed.any(1, keepdim=True), shown, MISSING_COLOUR.view(1, 3, 1, 1))
 
 
 def imputation_grid(imputed: torch.Tensor, masks: torch.Tensor, truth: Optional[torch.Tensor] = None):
