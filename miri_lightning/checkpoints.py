@@ -75,7 +75,11 @@ def check_resume(path: str | os.PathLike, net: dict) -> None:
     The file is memory-mapped, so the check reads little of a large checkpoint.
     """
     data = read_checkpoint(path, mmap=True)
-    miri_state(data, path)
+    if not miri_state(data, path).get("epoch_is_round"):
+        # Its epoch counter counts epochs of epoch-counted rounds: resumed here it would run the wrong rounds.
+        raise DataError(f"{path} was written when a round was counted in epochs (rounds.epochs_per_round); this "
+                        "version counts a round in steps and cannot resume it: start afresh (new images can still "
+                        "be imputed with it)")
     saved = data.get("hyper_parameters", {}).get("net")
     if json.loads(json.dumps(saved)) != json.loads(json.dumps(net)):  # tuples and lists compare alike
         raise DataError(f"{path} holds a network with model.net {saved}, this run builds {net}: "

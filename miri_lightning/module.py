@@ -385,8 +385,9 @@ class MIRI(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         self._check_finite(checkpoint["state_dict"])
+        # epoch_is_round: one epoch trains one round (rounds.steps); older files counted rounds in epochs.
         checkpoint["miri"] = {"format": CHECKPOINT_FORMAT, "round_weights": self.round_weights,
-                              "round_start_step": self.round_start_step}
+                              "round_start_step": self.round_start_step, "epoch_is_round": True}
 
     @staticmethod
     def _check_finite(state_dict: dict[str, torch.Tensor]) -> None:

@@ -326,6 +326,8 @@ BAD_CHECKPOINTS = {
                      f"{CHECKPOINT_FORMAT}"),
     "other_network": (lambda ref, tmp: edited(ref, tmp, lambda d: d["hyper_parameters"]["net"].update(width=16)),
                       "holds a network with model.net"),
+    "epoch_counted_rounds": (lambda ref, tmp: edited(ref, tmp, lambda d: d["miri"].pop("epoch_is_round")),
+                             "was written when a round was counted in epochs"),
 }
 
 
