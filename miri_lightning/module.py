@@ -360,26 +360,28 @@ class MIRI(LightningModule):
         The solve runs in the trainer's precision (e.g. bf16 autocast under
         `trainer.precision: bf16-mixed`); observed entries are copied, not computed.
         """
-        net = self.ema.module
-        was_training = net.training
-        net.eval()
-        context = self.trainer.precision_plugin.forward_context if self._trainer else contextlib.nullcontext
-        out, self.solve_fits = solve_batches(net, images, masks, self.solver, min(batch_size, self.solve_fits),
-                                             self.device, context, self.memory_format)
-        net.train(was_training)
+        with self._ema_in_eval() as (net, context):
+            out, self.solve_fits = solve_batches(net, images, masks, self.solver, min(batch_size, self.solve_fits),
+                                                 self.device, context, self.memory_format)
         return out
 
     def heldout_loss(self, images: torch.Tensor, masks: torch.Tensor, batch_size: int = 256) -> float:
         """The EMA velocity's flow-matching loss on held-out images, with the same draws at every call."""
+        with self._ema_in_eval() as (net, context):
+            return heldout_loss(net, images.contiguous(memory_format=self.memory_format),
+                                masks.contiguous(memory_format=self.memory_format), batch_size, self.device,
+                                seed=self.hparams.seed, context=context)
+
+    @contextlib.contextmanager
+    def _ema_in_eval(self):
+        """The EMA network in eval mode, and the trainer's precision context (autocast) to run it in."""
         net = self.ema.module
         was_training = net.training
         net.eval()
-        context = self.trainer.precision_plugin.forward_context if self._trainer else contextlib.nullcontext
-        loss = heldout_loss(net, images.contiguous(memory_format=self.memory_format),
-                            masks.contiguous(memory_format=self.memory_format), batch_size, self.device,
-                            seed=self.hparams.seed, context=context)
-        net.train(was_training)
-        return loss
+        try:
+            yield net, self.trainer.precision_plugin.forward_context if self._trainer else contextlib.nullcontext
+        finally:
+            net.train(was_training)
 
     # -- checkpoint -------------------------------------------------------
 
