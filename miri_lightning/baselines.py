@@ -16,15 +16,15 @@ import torch.nn.functional as F
 InitFill = Literal["noise", "mean", "interpolation"]
 
 
-def noise_fill(images: torch.Tensor, masks: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    """Missing entries uniform in [0, 1] (the paper's initial fill).
+def _stream(seed: int, salt: int) -> torch.Generator:
+    """A CPU generator for `seed`'s own stream `salt`: seeded with `seed` itself, it would replay
+    draws made elsewhere with the same seed (a mask's, for one), so that they would not be independent."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, salt]).generate_state(1)[0]))
 
-    The generator's seed is derived from `seed` through its own stream: seeded
-    with `seed` itself, it would replay a mask drawn with the same seed, and
-    the noise at missing entries would be exactly the draws that hid them.
-    """
-    stream = int(np.random.SeedSequence([seed, 0x5EED]).generate_state(1)[0])
-    noise = torch.rand(images.shape, generator=torch.Generator().manual_seed(stream))
+
+def noise_fill(images: torch.Tensor, masks: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Missing entries uniform in [0, 1] (the paper's initial fill), from `seed`'s own stream."""
+    noise = torch.rand(images.shape, generator=_stream(seed, 0x5EED))
     return torch.where(masks, images, noise)
 
 
@@ -88,22 +88,37 @@ def knn_fill(images: torch.Tensor, masks: torch.Tensor, k: int = 5, chunk: int =
     return out
 
 
+def noisy(fill: torch.Tensor, masks: torch.Tensor, scale: float, seed: int = 0) -> torch.Tensor:
+    """`fill` plus Gaussian noise of standard deviation `scale` at missing entries, clipped to [0, 1].
+
+    Why: with a deterministic fill, an image's missing entries are a function of
+    its observed ones, which the velocity can learn to compute and use as a
+    shortcut; noise makes round 0 a distribution, as the paper's uniform fill is.
+    """
+    if scale == 0:
+        return fill
+    noise = torch.randn(fill.shape, generator=_stream(seed, 0xF111)).to(fill.dtype)
+    return torch.where(masks, fill, (fill + scale * noise).clamp(0.0, 1.0))
+
+
 def initial_fill(images: torch.Tensor, masks: torch.Tensor, how: InitFill, seed: int = 0,
-                 mean: Optional[torch.Tensor] = None, sigma: float = 1.0) -> torch.Tensor:
+                 mean: Optional[torch.Tensor] = None, sigma: float = 1.0, noise: float = 0.0) -> torch.Tensor:
     """MIRI's x_hat^(0) by `how`; `mean` is a collection's per-entry observed mean (from `images` if None),
-    `sigma` the width in pixels of the `interpolation` fill's Gaussian."""
+    `sigma` the width in pixels of the `interpolation` fill's Gaussian, `noise` the standard deviation
+    of the Gaussian noise added to the `mean` and `interpolation` fills."""
     if how == "noise":
         return noise_fill(images, masks, seed)
     if how == "interpolation":
-        return interpolation_fill(images, masks, sigma)
+        return noisy(interpolation_fill(images, masks, sigma), masks, noise, seed)
     mean = observed_mean(images, masks) if mean is None else mean
-    return torch.where(masks, images, mean.to(images.dtype).expand_as(images))
+    return noisy(torch.where(masks, images, mean.to(images.dtype).expand_as(images)), masks, noise, seed)
 
 
 def saved_fill(state: dict) -> dict:
-    """How round 0 was filled (`init_fill`, `fill_sigma`, `fill_values`), from a checkpoint's datamodule state.
+    """How round 0 was filled (`init_fill`, `fill_sigma`, `fill_noise`, `fill_values`), from a checkpoint's
+    datamodule state.
 
-    Checkpoints from before an option existed read as what was used then: noise, sigma 1.
+    Checkpoints from before an option existed read as what was used then: noise, sigma 1, no added noise.
     """
     return {"init_fill": state.get("init_fill", "noise"), "fill_sigma": state.get("fill_sigma", 1.0),
-            "fill_values": state.get("fill_values")}
+            "fill_noise": state.get("fill_noise", 0.0), "fill_values": state.get("fill_values")}

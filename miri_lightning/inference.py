@@ -55,18 +55,19 @@ class MIRIImputer:
         solver: default ODE solver (overridable per call).
         init_fill: round 0's fill of missing entries: `noise`, `mean` or `interpolation`.
         fill_sigma: the `interpolation` fill's Gaussian width in pixels.
+        fill_noise: standard deviation of the noise added to the `mean` and `interpolation` fills.
         fill_values: the training collection's per-entry observed mean (for `mean`).
         device, precision: where and how to compute (`32`, `bf16` or `16` autocast).
     """
 
     def __init__(self, image_shape, net: UNetConfig, round_weights: list[dict], solver: SolverConfig,
                  init_fill: str = "noise", fill_sigma: float = 1.0, fill_values: Optional[torch.Tensor] = None,
-                 device: str | torch.device = "cpu", precision: str = "32"):
+                 device: str | torch.device = "cpu", precision: str = "32", fill_noise: float = 0.0):
         if precision not in PRECISIONS:
             raise DataError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.image_shape = tuple(int(s) for s in image_shape)
         self.net_config, self.solver, self.init_fill, self.fill_sigma = net, solver, init_fill, fill_sigma
-        self.fill_values, self.round_weights = fill_values, round_weights
+        self.fill_values, self.fill_noise, self.round_weights = fill_values, fill_noise, round_weights
         self.device, self.precision = torch.device(device), precision
         self.net = VelocityUNet(self.image_shape[0], self.image_shape[1], net).to(self.device).eval()
 
@@ -83,7 +84,8 @@ class MIRIImputer:
         return cls(data["image_shape"], UNetConfig(**data["net"]), data["round_weights"],
                    SolverConfig(**data["solver"]), data["init_fill"],
                    data.get("fill_sigma", 1.0),  # exports from before data.fill_sigma existed: sigma 1
-                   data["fill_values"], device, precision)
+                   data["fill_values"], device, precision,
+                   data.get("fill_noise", 0.0))  # exports from before data.fill_noise existed: none
 
     def export(self, path: str | os.PathLike, half: bool = False) -> None:
         """Write only what inference needs (weights in float16 if `half`), atomically."""
@@ -91,7 +93,8 @@ class MIRIImputer:
         weights = [{k: v.to(dtype) if v.is_floating_point() else v for k, v in w.items()} for w in self.round_weights]
         data = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "image_shape": list(self.image_shape),
                 "net": asdict(self.net_config), "solver": asdict(self.solver), "init_fill": self.init_fill,
-                "fill_sigma": self.fill_sigma, "fill_values": self.fill_values, "round_weights": weights}
+                "fill_sigma": self.fill_sigma, "fill_noise": self.fill_noise, "fill_values": self.fill_values,
+                "round_weights": weights}
         with atomic_path(path) as tmp:
             torch.save(data, tmp)
 
@@ -121,7 +124,8 @@ class MIRIImputer:
 
     def initial_fill(self, images: torch.Tensor, masks: torch.Tensor, seed: int) -> torch.Tensor:
         """x_hat^(0) of new images, filled the way round 0 filled the training collection."""
-        return initial_fill(images.float(), masks, self.init_fill, seed, self.fill_values, self.fill_sigma)
+        return initial_fill(images.float(), masks, self.init_fill, seed, self.fill_values, self.fill_sigma,
+                            self.fill_noise)
 
     def impute(self, images: torch.Tensor, masks: torch.Tensor, seed: int = 0, num_samples: int = 1,
                batch_size: int = 256, method: Optional[str] = None, steps: Optional[int] = None,

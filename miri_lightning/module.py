@@ -99,7 +99,14 @@ class MIRI(LightningModule):
             it is not scaled with the number of devices).
         weight_decay: AdamW weight decay.
         warmup_steps: linear learning-rate warm-up, at the start of training and
-            again at the start of each round whose network is re-initialised.
+            again at the start of each round whose optimiser restarts.
+        restart_optimizer: start every round with fresh AdamW moments (and a
+            new warm-up), also when the network is warm-started. A new round's
+            collection brings larger gradients than the last one's end, and
+            moments shrunk to those turn them into steps many times the
+            learning rate, which can wreck a warm-started network
+            (docs/2026-12-02-natural-images.md). A re-initialised network
+            always restarts its optimiser.
         final_lr_ratio: the learning rate follows a cosine from `lr` down to
             `lr * final_lr_ratio` over the whole run (1.0: constant). With warm
             start this lets later rounds settle instead of drifting.
@@ -145,6 +152,7 @@ class MIRI(LightningModule):
         lr: float = 2e-4,
         weight_decay: float = 0.0,
         warmup_steps: int = 100,
+        restart_optimizer: bool = True,
         final_lr_ratio: float = 1.0,
         ema_decay: float = 0.999,
         max_bad_steps: int = 3,
@@ -169,9 +177,10 @@ class MIRI(LightningModule):
                 raise ConfigError(f"model.{key} must be {expected}, got {value}")
         self.save_hyperparameters(
             {"net": asdict(net), "lr": lr, "weight_decay": weight_decay, "warmup_steps": warmup_steps,
-             "final_lr_ratio": final_lr_ratio, "ema_decay": ema_decay, "max_bad_steps": max_bad_steps,
-             "solver": asdict(solver), "channels_last": channels_last, "compile": compile,
-             "fused_adamw": fused_adamw, "train_crop": train_crop, "seed": seed, "image_shape": image_shape}
+             "restart_optimizer": restart_optimizer, "final_lr_ratio": final_lr_ratio, "ema_decay": ema_decay,
+             "max_bad_steps": max_bad_steps, "solver": asdict(solver), "channels_last": channels_last,
+             "compile": compile, "fused_adamw": fused_adamw, "train_crop": train_crop, "seed": seed,
+             "image_shape": image_shape}
         )
         self.net_config, self.solver = net, solver
         self.velocity: Optional[VelocityUNet] = None
@@ -225,14 +234,22 @@ class MIRI(LightningModule):
             self._build(tuple(self.trainer.datamodule.image_shape))
 
     def start_round(self, index: int, fresh: bool) -> None:
-        """Prepare round `index`: a fresh network (the paper's choice) or keep training (warm start)."""
-        if not fresh:
-            return
-        self.velocity.reset_parameters(seed=self.hparams.seed + 7919 * index)
-        self.ema.n_averaged.zero_()  # the next EMA update copies the fresh weights
-        for optimizer in self.trainer.optimizers:
-            optimizer.state.clear()
-        self.round_start_step = self.global_step
+        """Prepare round `index`: a fresh network (the paper's choice) or keep training (warm start);
+        fresh optimiser moments and a new warm-up unless `restart_optimizer` is off for a warm start."""
+        if fresh:
+            self.velocity.reset_parameters(seed=self.hparams.seed + 7919 * index)
+            self.ema.n_averaged.zero_()  # the next EMA update copies the fresh weights
+        if fresh or self.hparams.restart_optimizer:
+            for optimizer in self.trainer.optimizers:
+                optimizer.state.clear()
+            self.round_start_step = self.global_step
+            # The schedule set the next step's rate before the round ended: set it again, from the warm-up.
+            for config in self.trainer.lr_scheduler_configs:
+                schedule = config.scheduler
+                schedule._last_lr = [base * rate(schedule.last_epoch)
+                                     for base, rate in zip(schedule.base_lrs, schedule.lr_lambdas)]
+                for group, lr in zip(schedule.optimizer.param_groups, schedule._last_lr):
+                    group["lr"] = lr
 
     def finish_round(self) -> None:
         """Keep this round's EMA weights: imputing new images later replays v_1 ... v_T."""

@@ -3,7 +3,7 @@
 import torch
 
 from miri_lightning.baselines import (initial_fill, interpolation_fill, knn_fill, mean_fill, noise_fill,
-                                      observed_mean)
+                                      noisy, observed_mean)
 from miri_lightning.data.masks import MCAR
 
 
@@ -17,7 +17,8 @@ def test_every_fill_keeps_observed_entries():
     x = _smooth()
     m = MCAR(missing_rate=0.6, seed=0)(x)
     for y in (noise_fill(x, m, 0), mean_fill(x, m), interpolation_fill(x, m), knn_fill(x, m, k=3),
-              initial_fill(x, m, "interpolation")):
+              initial_fill(x, m, "interpolation"), initial_fill(x, m, "interpolation", noise=0.3),
+              initial_fill(x, m, "mean", noise=0.3)):
         assert torch.equal(y[m], x[m]) and y.min() >= 0 and y.max() <= 1
 
 
@@ -49,3 +50,14 @@ def test_knn_copies_from_the_nearest_images():
     y = knn_fill(x, m, k=1)
     twin_seen = ~m & torch.cat([m[10:], m[:10]])
     assert torch.equal(y[twin_seen], x[twin_seen])
+
+
+def test_noisy_fills_differ_by_seed_around_the_fill_and_not_like_the_mask():
+    x = _smooth(n=200).mean(1, keepdim=True)  # one channel: mask and noise have the same shape
+    m = MCAR(missing_rate=0.6, seed=3)(x)
+    smooth = interpolation_fill(x, m, sigma=0.4)
+    draws = [initial_fill(x, m, "interpolation", seed=s, sigma=0.4, noise=0.05) for s in (3, 4)]
+    assert not torch.equal(draws[0], draws[1])
+    offsets = (draws[0] - smooth)[~m]
+    assert abs(offsets.std() - 0.05) < 0.005 and abs(offsets.mean()) < 0.005  # (clipping at 0 and 1 is rare here)
+    assert torch.equal(noisy(smooth, m, 0.0, seed=3), smooth)

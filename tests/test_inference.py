@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from conftest import run_cli
-from miri_lightning.baselines import interpolation_fill
+from miri_lightning.baselines import initial_fill, interpolation_fill
 from miri_lightning.data.masks import MCAR
 from miri_lightning.data.sources import Shapes
 from miri_lightning.errors import DataError
@@ -72,20 +72,21 @@ def test_export_is_smaller_safe_and_gives_the_same_result(ckpt, held_out, tmp_pa
     assert (half - expected).abs().max() < 0.05
 
 
-def test_new_images_get_the_training_runs_interpolation_width(tmp_path, held_out):
+def test_new_images_are_filled_as_the_training_run_filled_round_0(tmp_path, held_out):
     run = run_cli(tmp_path / "run", "--rounds.num_rounds", "1", "--rounds.steps", "4",
-                  "--data.init_fill", "interpolation", "--data.fill_sigma", "0.4")
+                  "--data.init_fill", "interpolation", "--data.fill_sigma", "0.4", "--data.fill_noise", "0.05")
     images, masks = held_out
     full = masks.expand_as(images)
-    narrow = interpolation_fill(images, full, sigma=0.4)
-    assert not torch.equal(narrow, interpolation_fill(images, full, sigma=1.0))
+    narrow = initial_fill(images, full, "interpolation", seed=0, sigma=0.4, noise=0.05)
+    assert not torch.equal(narrow, initial_fill(images, full, "interpolation", seed=0, sigma=0.4))
     imputer = MIRIImputer.load(run / "checkpoints" / "last.ckpt")
     assert torch.equal(imputer.initial_fill(images, full, seed=0), narrow)
+    assert not torch.equal(imputer.initial_fill(images, full, seed=1), narrow)  # each draw its own noise
     imputer.export(tmp_path / "model.pt")
     assert torch.equal(MIRIImputer.load(tmp_path / "model.pt").initial_fill(images, full, seed=0), narrow)
-    # Files written before the option existed were filled with sigma 1.
+    # Files written before the options existed were filled with sigma 1 and no noise.
     old = torch.load(tmp_path / "model.pt", weights_only=True)
-    del old["fill_sigma"]
+    del old["fill_sigma"], old["fill_noise"]
     torch.save(old, tmp_path / "old.pt")
     wide = MIRIImputer.load(tmp_path / "old.pt").initial_fill(images, full, seed=0)
     assert torch.equal(wide, interpolation_fill(images, full, sigma=1.0))

@@ -305,3 +305,31 @@ def test_progress_bar_shows_the_round_and_the_last_loss_read(tmp_path, capfd):
     assert "round 2/2" in shown
     losses = [float(value) for value in re.findall(r"train/loss=([0-9.e-]+)", shown)]
     assert losses and all(0 < loss < 1 for loss in losses)
+
+
+class RoundStarts(Callback):
+    """The optimiser's state and learning rate as each epoch (a round's training) takes its first step."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 0:
+            optimizer = trainer.optimizers[0]
+            self.seen.append((len(optimizer.state), optimizer.param_groups[0]["lr"]))
+
+
+@pytest.mark.parametrize("restart", [True, False])
+def test_each_warm_started_round_restarts_the_optimizer_unless_told_not_to(restart, tmp_path):
+    cli = build_cli([*TINY, "--trainer.default_root_dir", str(tmp_path), "--rounds.num_rounds", "2",
+                     "--rounds.steps", "6", "--rounds.mi_steps", "0", "--model.warmup_steps", "4",
+                     "--model.restart_optimizer", str(restart).lower()])
+    cli.trainer.callbacks.append(starts := RoundStarts())
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    lr = cli.model.hparams.lr
+    (state_1, lr_1), (state_2, lr_2) = starts.seen
+    assert state_1 == 0 and lr_1 == pytest.approx(lr / 4)
+    if restart:  # round 2 starts with no AdamW moments and warms up again
+        assert state_2 == 0 and lr_2 == pytest.approx(lr / 4)
+    else:  # it carries round 1's moments and full rate over
+        assert state_2 > 0 and lr_2 == pytest.approx(lr)

@@ -121,6 +121,12 @@ class MaskedImageDataModule(LightningDataModule):
             observed pixels (a neighbour at distance 1 weighs 23 times one at
             sqrt(2)): it blurs less, and on CIFAR-10 MIRI went further from it
             (docs/performance.md).
+        fill_noise: standard deviation of Gaussian noise added to the `mean`
+            and `interpolation` fills at missing entries (clipped to [0, 1]).
+            A deterministic fill lets the velocity learn to compute an image's
+            missing entries from its observed ones, a shortcut that broke
+            later rounds on natural images (docs/2026-12-02-natural-images.md);
+            noise also makes new images' draws differ.
         batch_size: training images per step on each device. An epoch is one
             round's training: `batches_per_epoch` batches (set by MIRIRounds
             from `rounds.steps`; one pass over the training images when unset).
@@ -147,6 +153,7 @@ class MaskedImageDataModule(LightningDataModule):
         mask: Optional[MaskMechanism] = None,
         init_fill: InitFill = "noise",
         fill_sigma: float = 1.0,
+        fill_noise: float = 0.0,
         val_fraction: float = 0.0,
         batch_size: int = 64,
         num_workers: int = 0,
@@ -160,12 +167,18 @@ class MaskedImageDataModule(LightningDataModule):
             raise ConfigError(f"data.batch_size must be >= 2 (each image needs a partner), got {batch_size}")
         if not fill_sigma > 0:
             raise ConfigError(f"data.fill_sigma must be > 0 (pixels), got {fill_sigma}")
+        if not fill_noise >= 0:
+            raise ConfigError(f"data.fill_noise must be >= 0 (a standard deviation), got {fill_noise}")
+        if fill_noise and init_fill == "noise":
+            raise ConfigError("data.fill_noise adds noise to the mean and interpolation fills; "
+                              "init_fill noise is noise already: leave fill_noise at 0")
         if not 0 <= val_fraction < 1:
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
         if num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
         self.source, self.mask = source, mask
-        self.init_fill, self.fill_sigma, self.val_fraction = init_fill, fill_sigma, val_fraction
+        self.init_fill, self.fill_sigma, self.fill_noise = init_fill, fill_sigma, fill_noise
+        self.val_fraction = val_fraction
         self.batches_per_epoch: Optional[int] = None
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.state, self.state_dir, self.on_device = state, state_dir, on_device
@@ -201,7 +214,8 @@ class MaskedImageDataModule(LightningDataModule):
         # The masks never change after this: hash them once, not at every checkpoint.
         self.masks_sha1 = hashlib.sha1(self.masks.numpy().tobytes()).hexdigest()
         self.fill_values = observed_mean(images, self.masks) if self.init_fill == "mean" else None
-        start = initial_fill(images, self.masks, self.init_fill, self.seed, self.fill_values, self.fill_sigma)
+        start = initial_fill(images, self.masks, self.init_fill, self.seed, self.fill_values, self.fill_sigma,
+                             self.fill_noise)
         # Ground truth exists only where every missing entry was hidden by us.
         truth = images if loaded.masks is None else None
         processes = self.trainer.num_devices if self.trainer else 1
@@ -344,7 +358,7 @@ class MaskedImageDataModule(LightningDataModule):
         """The current imputations (or, memory-mapped, the file that holds them) and the round."""
         # The fill goes along so that new images can later be filled the way round 0 was.
         state = {"round": self.round, "masks_sha1": self.masks_sha1, "init_fill": self.init_fill,
-                 "fill_sigma": self.fill_sigma, "fill_values": self.fill_values}
+                 "fill_sigma": self.fill_sigma, "fill_noise": self.fill_noise, "fill_values": self.fill_values}
         if self.store is None:
             return {**state, "imputations": self.imputations.clone()}
         return {**state, "state_dir": str(self.store.folder.parent.resolve()), "imputations_file": round_file(self.round)}
@@ -359,7 +373,8 @@ class MaskedImageDataModule(LightningDataModule):
         # Round 0 was filled as the checkpoint says, whatever this run's config says; inference fills new
         # images from these.
         fill = saved_fill(state)
-        self.init_fill, self.fill_sigma, self.fill_values = fill["init_fill"], fill["fill_sigma"], fill["fill_values"]
+        self.init_fill, self.fill_sigma, self.fill_noise = fill["init_fill"], fill["fill_sigma"], fill["fill_noise"]
+        self.fill_values = fill["fill_values"]
         saved = state.get("imputations")
         if saved is None:  # a memory-mapped run: this node's copy of the round's file
             node = self.trainer.node_rank if self.trainer else 0
