@@ -63,8 +63,10 @@ def test_resume_from_round_one_continues_in_round_two_like_an_uninterrupted_run(
     assert len(final["miri"]["round_weights"]) == 2
 
 
-def test_fresh_network_each_round_also_resumes_exactly(tmp_path):
-    fresh = ["--rounds.reinit_each_round", "true", "--rounds.num_rounds", "2", "--rounds.steps", "4"]
+@pytest.mark.parametrize("restart", [["--rounds.reinit_each_round", "true"], ["--model.restart_optimizer", "true"]],
+                         ids=["fresh_network", "fresh_optimizer"])
+def test_a_round_that_restarts_also_resumes_exactly(restart, tmp_path):
+    fresh = [*restart, "--rounds.num_rounds", "2", "--rounds.steps", "4"]
     full = run_cli(tmp_path / "full", *fresh)
     resumed = run_cli(tmp_path / "resumed", *fresh, "--ckpt_path", str(full / "checkpoints" / "round001.ckpt"))
     assert torch.equal(read_imputations(resumed)[0], read_imputations(full)[0])
