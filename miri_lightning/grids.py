@@ -10,6 +10,8 @@ from torchvision.utils import make_grid
 
 # Missing entries are drawn in this colour (magenta: rare in natural images).
 MISSING_COLOUR = torch.tensor([1.0, 0.0, 1.0])
+# A spread over draws drawn white: a standard deviation this large (a quarter of the range) or larger.
+SPREAD_WHITE = 0.25
 
 
 def to_rgb(images: torch.Tensor) -> torch.Tensor:
@@ -23,6 +25,12 @@ def show_missing(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     observed = to_rgb(masks.bool())
     shown = torch.where(observed, to_rgb(images), 0.0)
     return torch.where(observed.any(1, keepdim=True), shown, MISSING_COLOUR.view(1, 3, 1, 1))
+
+
+def spread_image(std: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) standard deviations over draws -> (N, 3, H, W) grey images: black where the draws agree
+    (observed pixels), white at a spread of `SPREAD_WHITE` or more, averaged over channels."""
+    return to_rgb((std.mean(1, keepdim=True) / SPREAD_WHITE).clamp(0, 1))
 
 
 def imputation_grid(imputed: torch.Tensor, masks: torch.Tensor, truth: Optional[torch.Tensor] = None):

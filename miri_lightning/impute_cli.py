@@ -6,6 +6,14 @@ Inputs, 1 = observed everywhere:
   --npz FILE                 `images` (N,H,W[,C]) and `masks`, or `images` with NaN where missing
 Outputs: `--out DIR` (one PNG per image, `--side-by-side` puts the masked input beside it)
 or `--out FILE.npz` (`images` float32 (N,H,W,C), `masks`; with --num-samples S, (S,N,H,W,C)).
+With --num-samples S >= 2: `--mean` writes the mean of the draws instead of the draws, and
+`--uncertainty` adds each entry's standard deviation over the draws (`std` in the .npz;
+`NAME_std.png`, or a third panel with --side-by-side: black = certain, white = a spread of
+0.25 or more).
+
+The run's own collection, drawn again: `miri-impute RUN/checkpoints/last.ckpt --npz
+RUN/imputations.npz --num-samples 8 --out RUN/draws.npz` (observed entries are the data;
+the imputed ones are filled afresh).
 
 PNG output is 8-bit: values are rounded to k/255. Observed pixels read from
 8-bit images are k/255 already, so they come back unchanged byte for byte;
@@ -24,8 +32,9 @@ import torch
 from PIL import Image
 
 from .data.sources import NpzImages, image_files, read_image, stack_images
+from .draws import draw_mean, draw_std
 from .errors import DataError, MIRIError
-from .grids import show_missing, to_rgb
+from .grids import show_missing, spread_image, to_rgb
 from .inference import MIRIImputer
 from .io import save_imputations, save_png
 
@@ -79,18 +88,24 @@ def check_output(out: Path, args) -> None:
         raise DataError(f"--out {out} would overwrite the input {out}; choose another path")
 
 
-def write_outputs(out: Path, names, images, masks, result, side_by_side: bool) -> None:
+def write_outputs(out: Path, names, images, masks, result, side_by_side: bool, std=None) -> None:
+    """Write the imputations (N or (S, N) images) and, when given, the spread `std` (N images)."""
     masks = masks.expand_as(images)
     if out.suffix == ".npz":
-        save_imputations(out, result, masks)
+        save_imputations(out, result, masks, **({} if std is None else {"std": std.permute(0, 2, 3, 1).numpy()}))
         return
     samples = result if result.dim() == 5 else result[None]
+    spreads = [None] * len(images) if std is None else spread_image(std)
     for s, sample in enumerate(samples):
-        for name, image, mask, filled in zip(names, images, masks, sample):
+        for name, image, mask, filled, spread in zip(names, images, masks, sample, spreads):
+            suffix = f"_s{s}" if len(samples) > 1 else ""
             picture = filled
             if side_by_side:
-                picture = torch.cat([show_missing(image[None], mask[None]), to_rgb(filled[None])], dim=3)[0]
-            save_png(out / (name + (f"_s{s}" if len(samples) > 1 else "") + ".png"), picture)
+                panels = [show_missing(image[None], mask[None]), to_rgb(filled[None])]
+                picture = torch.cat(panels + ([] if spread is None else [spread[None]]), dim=3)[0]
+            elif spread is not None:
+                save_png(out / f"{name}_std.png", spread)
+            save_png(out / (name + suffix + ".png"), picture)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -103,6 +118,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output folder of PNGs, or a .npz file")
     p.add_argument("--side-by-side", action="store_true", help="PNGs show the masked input beside the imputation")
     p.add_argument("--num-samples", type=int, default=1, help="independent imputations of each image")
+    p.add_argument("--mean", action="store_true", help="write the mean of the draws (needs --num-samples >= 2)")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="also write each entry's standard deviation over the draws (needs --num-samples >= 2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial fill")
     p.add_argument("--method", choices=["euler", "midpoint", "rk4", "dopri5"], help="override the solver")
     p.add_argument("--steps", type=int, help="override the solver's step count")
@@ -119,16 +137,23 @@ def main(argv: Optional[list[str]] = None) -> None:
     for name in ("batch_size", "num_samples"):
         if getattr(args, name) < 1:
             parser().error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if (args.mean or args.uncertainty) and args.num_samples < 2:
+        parser().error("--mean and --uncertainty summarise several draws: give --num-samples 2 or more")
     try:
         check_output(args.out, args)
         imputer = MIRIImputer.load(args.checkpoint, device=args.device, precision=args.precision)
         names, images, masks = read_inputs(args, imputer.image_shape[0])
         result = imputer.impute(images, masks, seed=args.seed, num_samples=args.num_samples,
                                 batch_size=args.batch_size, method=args.method, steps=args.steps, progress=True)
-        write_outputs(args.out, names, images, masks, result, args.side_by_side)
+        full = masks.expand_as(images)
+        std = draw_std(result) if args.uncertainty else None
+        if args.mean:
+            result = draw_mean(result, full)
+        write_outputs(args.out, names, images, masks, result, args.side_by_side, std)
     except MIRIError as err:
         sys.exit(f"error: {err}")
-    print(f"imputed {len(images)} images x {args.num_samples} sample(s) into {args.out}")
+    what = "the mean of " if args.mean else ""
+    print(f"imputed {len(images)} images, {what}{args.num_samples} draw(s) each, into {args.out}")
 
 
 def export_main(argv: Optional[list[str]] = None) -> None:

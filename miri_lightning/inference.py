@@ -127,6 +127,11 @@ class MIRIImputer:
         return initial_fill(images.float(), masks, self.init_fill, seed, self.fill_values, self.fill_sigma,
                             self.fill_noise)
 
+    @property
+    def stochastic(self) -> bool:
+        """Whether two fills of the same image differ, and so its draws (the noise fill, or added noise)."""
+        return self.init_fill == "noise" or self.fill_noise > 0
+
     def impute(self, images: torch.Tensor, masks: torch.Tensor, seed: int = 0, num_samples: int = 1,
                batch_size: int = 256, method: Optional[str] = None, steps: Optional[int] = None,
                progress: bool = False) -> torch.Tensor:
@@ -135,7 +140,12 @@ class MIRIImputer:
         Returns (N, C, H, W), or (num_samples, N, C, H, W) when num_samples > 1
         (independent fills, seeds seed, seed + 1, ...). Observed entries are
         returned bit for bit. `method` and `steps` override the trained solver.
+        Several draws need a run whose round 0 fill was random (`stochastic`):
+        the solve is deterministic, so a deterministic fill gives one image S times.
         """
+        if num_samples > 1 and not self.stochastic:
+            raise DataError(f"this run filled round 0 by {self.init_fill} without noise, so every draw would be "
+                            "the same image: train with data.fill_noise > 0 (or init_fill noise) for several draws")
         masks = self.check(images, masks)
         solver = replace(self.solver, **{k: v for k, v in (("method", method), ("steps", steps)) if v is not None})
         bar = tqdm(total=num_samples * len(self.round_weights) * len(images), disable=not progress, unit="img",

@@ -72,9 +72,14 @@ def test_export_is_smaller_safe_and_gives_the_same_result(ckpt, held_out, tmp_pa
     assert (half - expected).abs().max() < 0.05
 
 
-def test_new_images_are_filled_as_the_training_run_filled_round_0(tmp_path, held_out):
-    run = run_cli(tmp_path / "run", "--rounds.num_rounds", "1", "--rounds.steps", "4",
-                  "--data.init_fill", "interpolation", "--data.fill_sigma", "0.4", "--data.fill_noise", "0.05")
+@pytest.fixture(scope="module")
+def noisy_interpolation_run(tmp_path_factory) -> Path:
+    return run_cli(tmp_path_factory.mktemp("noisy") / "run", "--rounds.num_rounds", "1", "--rounds.steps", "4",
+                   "--data.init_fill", "interpolation", "--data.fill_sigma", "0.4", "--data.fill_noise", "0.05")
+
+
+def test_new_images_are_filled_as_the_training_run_filled_round_0(noisy_interpolation_run, tmp_path, held_out):
+    run = noisy_interpolation_run
     images, masks = held_out
     full = masks.expand_as(images)
     narrow = initial_fill(images, full, "interpolation", seed=0, sigma=0.4, noise=0.05)
@@ -90,6 +95,23 @@ def test_new_images_are_filled_as_the_training_run_filled_round_0(tmp_path, held
     torch.save(old, tmp_path / "old.pt")
     wide = MIRIImputer.load(tmp_path / "old.pt").initial_fill(images, full, seed=0)
     assert torch.equal(wide, interpolation_fill(images, full, sigma=1.0))
+
+
+def test_draws_differ_with_a_noisy_fill_and_a_deterministic_fill_refuses_several(noisy_interpolation_run, tmp_path,
+                                                                                 held_out):
+    images, masks = held_out
+    full = masks.expand_as(images)
+    draws = MIRIImputer.load(noisy_interpolation_run / "checkpoints" / "last.ckpt").impute(images, masks,
+                                                                                          num_samples=3)
+    for draw in draws:
+        assert torch.equal(draw[full], images[full])
+    assert (draws[0] - draws[1])[~full].abs().max() > 0.01 and (draws[1] - draws[2])[~full].abs().max() > 0.01
+    plain = run_cli(tmp_path / "plain", "--rounds.num_rounds", "1", "--rounds.steps", "4",
+                    "--data.init_fill", "interpolation")
+    imputer = MIRIImputer.load(plain / "checkpoints" / "last.ckpt")
+    assert imputer.impute(images, masks).shape == images.shape  # one draw is fine
+    with pytest.raises(DataError, match="every draw would be the same image.*data.fill_noise"):
+        imputer.impute(images, masks, num_samples=2)
 
 
 def write_pngs(folder: Path, images, masks=None, alpha=False) -> None:
@@ -133,6 +155,40 @@ def test_cli_gives_the_api_result_for_every_input_and_output_format(ckpt, held_o
             assert np.array_equal(f["images"], expected.permute(0, 2, 3, 1).numpy())
     main([str(ckpt), "--images", str(tmp_path / "rgba"), "--out", str(tmp_path / "sbs"), "--side-by-side"])
     assert np.asarray(Image.open(tmp_path / "sbs" / "img00.png")).shape == (16, 32, 3)
+
+
+def test_cli_writes_the_mean_of_the_draws_and_their_spread(ckpt, held_out, tmp_path):
+    images, masks = held_out
+    draws = MIRIImputer.load(ckpt).impute(images, masks, seed=2, num_samples=3)
+    full = masks.expand_as(images)
+    np.savez(tmp_path / "in.npz", images=images.permute(0, 2, 3, 1).numpy(),
+             masks=masks.permute(0, 2, 3, 1).numpy().astype(np.uint8))
+    main([str(ckpt), "--npz", str(tmp_path / "in.npz"), "--out", str(tmp_path / "mean.npz"), "--seed", "2",
+          "--num-samples", "3", "--mean", "--uncertainty"])
+    with np.load(tmp_path / "mean.npz") as f:
+        mean, std = torch.from_numpy(f["images"]).permute(0, 3, 1, 2), torch.from_numpy(f["std"]).permute(0, 3, 1, 2)
+    assert torch.equal(mean[full], images[full]) and torch.allclose(mean, draws.mean(0), atol=1e-6)
+    assert torch.allclose(std, draws.std(0, unbiased=False), atol=1e-6) and torch.all(std[full] == 0)
+    write_pngs(tmp_path / "rgba", images, masks, alpha=True)
+    main([str(ckpt), "--images", str(tmp_path / "rgba"), "--out", str(tmp_path / "maps"), "--num-samples", "3",
+          "--uncertainty"])
+    spread = np.asarray(Image.open(tmp_path / "maps" / "img00_std.png"))
+    assert spread.shape == (16, 16, 3) and spread[masks[0, 0].numpy()].max() == 0 and spread.max() > 0
+    assert (tmp_path / "maps" / "img00_s2.png").is_file()
+    main([str(ckpt), "--images", str(tmp_path / "rgba"), "--out", str(tmp_path / "sbs"), "--num-samples", "3",
+          "--mean", "--uncertainty", "--side-by-side"])
+    assert np.asarray(Image.open(tmp_path / "sbs" / "img00.png")).shape == (16, 48, 3)  # input | mean | spread
+
+
+def test_a_run_draws_its_own_collection_again(ckpt, tmp_path):
+    run = ckpt.parent.parent
+    main([str(ckpt), "--npz", str(run / "imputations.npz"), "--num-samples", "2", "--out", str(tmp_path / "d.npz")])
+    with np.load(run / "imputations.npz") as kept, np.load(tmp_path / "d.npz") as drawn:
+        observed = kept["masks"].astype(bool)
+        assert drawn["images"].shape == (2, *kept["images"].shape)
+        for draw in drawn["images"]:
+            assert np.array_equal(draw[observed], kept["images"][observed])
+        assert not np.array_equal(drawn["images"][0], drawn["images"][1])
 
 
 def bad_run(capsys, *args) -> str:
@@ -203,3 +259,10 @@ def test_cli_refuses_counts_below_one(flag, ckpt, tmp_path, capsys):
     message = bad_run(capsys, ckpt, "--npz", tmp_path / "in.npz", "--out", tmp_path / "out.npz", flag, "0")
     assert f"{flag} must be >= 1, got 0" in message
     assert not (tmp_path / "out.npz").exists()
+
+
+@pytest.mark.parametrize("flag", ["--mean", "--uncertainty"])
+def test_cli_summaries_need_several_draws(flag, ckpt, tmp_path, capsys):
+    np.savez(tmp_path / "in.npz", images=np.zeros((1, 16, 16, 3)), masks=np.ones((1, 16, 16)))
+    message = bad_run(capsys, ckpt, "--npz", tmp_path / "in.npz", "--out", tmp_path / "out.npz", flag)
+    assert "--num-samples 2 or more" in message and not (tmp_path / "out.npz").exists()

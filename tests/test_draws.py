@@ -1,0 +1,44 @@
+"""Multiple imputation summaries: the mean keeps observed entries, the interval and calibration say what they claim."""
+
+import pytest
+import torch
+
+from miri_lightning.draws import calibration, central_interval, draw_mean, draw_std
+from miri_lightning.errors import DataError
+
+
+def test_mean_and_spread_keep_observed_entries_exact():
+    g = torch.Generator().manual_seed(0)
+    truth = torch.rand(4, 3, 8, 8, generator=g)
+    masks = torch.rand(4, 1, 8, 8, generator=g) > 0.5
+    draws = torch.where(masks, truth, torch.rand(5, 4, 3, 8, 8, generator=g))
+    mean, std = draw_mean(draws, masks), draw_std(draws)
+    full = masks.expand_as(truth)
+    assert torch.equal(mean[full], truth[full]) and torch.all(std[full] == 0)
+    assert torch.allclose(mean[~full], draws.mean(0)[~full]) and torch.all(std[~full] > 0)
+
+
+def test_the_interval_is_the_draws_quantiles():
+    draws = torch.rand(8, 2, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    low, high = central_interval(draws, 0.9)
+    expected = torch.quantile(draws, torch.tensor([0.05, 0.95]), dim=0)
+    assert torch.allclose(low, expected[0]) and torch.allclose(high, expected[1])
+
+
+def test_calibrated_draws_cover_their_level_and_their_spread_predicts_the_error():
+    g = torch.Generator().manual_seed(2)
+    scale = torch.rand(200, 1, 8, 8, generator=g).expand(-1, 3, -1, -1) * 0.2  # each pixel its own uncertainty
+    centre = torch.full((200, 3, 8, 8), 0.5)
+    truth = centre + scale * torch.randn(centre.shape, generator=g)
+    draws = centre + scale * torch.randn((64, *centre.shape), generator=g)  # the same distribution as the truth
+    masks = torch.zeros(200, 1, 8, 8, dtype=torch.bool)
+    scores = calibration(draws, masks, truth, level=0.9)
+    assert 0.85 < scores["coverage"] < 0.95
+    assert scores["spread_error_correlation"] > 0.4
+    overconfident = calibration(centre + (draws - centre) * 0.3, masks, truth, level=0.9)
+    assert overconfident["coverage"] < 0.5
+
+
+def test_one_draw_is_not_a_set_of_draws():
+    with pytest.raises(DataError, match="S >= 2"):
+        draw_mean(torch.rand(1, 2, 3, 4, 4), torch.ones(2, 1, 4, 4, dtype=torch.bool))
