@@ -204,7 +204,7 @@ def test_without_matplotlib_everything_but_the_plot_is_written(tmp_path, bench, 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
     run_main(bench, monkeypatch, "--npz", npz, "--num-images", 40, "--masks", "mcar60c", "--seeds", 1,
              "--mi-steps", 10, "--mi-seeds", 1, "--config", ROOT / "configs" / "quickstart.yaml", "--out", out,
-             "--", *TINY_MIRI)
+             "--draws", 3, "--", *TINY_MIRI)
     printed = capsys.readouterr().out
     assert printed.splitlines()[0] == bench.MATPLOTLIB_MISSING  # said at the start, before any work
     assert "pip install -e '.[bench]'" in printed
@@ -218,6 +218,11 @@ def test_without_matplotlib_everything_but_the_plot_is_written(tmp_path, bench, 
     assert "| MIRI (4 rounds) |" in table and "MIRI against the targets" in table
     assert all(name in table for name in bench.CHECK_NAMES.values())
     assert (out / "grid_mcar60c.png").exists()
+    # The quick start's noise fill is random: the run drew every image 3 times
+    draws = entry["draws"]
+    assert draws["draws"] == 3 and 0 <= draws["coverage"] <= 1 and -1 <= draws["spread_error_correlation"] <= 1
+    assert draws["mean_psnr"] > draws["one_draw_psnr"]  # averaging draws cancels part of their error
+    assert "Multiple imputation (3 draws" in table
     # MIRI trained on per-channel masks too: the run's saved masks (N, H, W, C) differ between channels
     run_masks = np.load(out / "runs" / "mcar60c_seed1" / "imputations.npz")["masks"]
     assert (run_masks[..., 0] != run_masks[..., 1]).any()
