@@ -114,6 +114,11 @@ def initial_fill(images: torch.Tensor, masks: torch.Tensor, how: InitFill, seed:
     return noisy(torch.where(masks, images, mean.to(images.dtype).expand_as(images)), masks, noise, seed)
 
 
+def fill_is_random(how: InitFill, noise: float) -> bool:
+    """Whether two fills of the same image differ: only then can the run's draws of it differ."""
+    return how == "noise" or noise > 0
+
+
 def saved_fill(state: dict) -> dict:
     """How round 0 was filled (`init_fill`, `fill_sigma`, `fill_noise`, `fill_values`), from a checkpoint's
     datamodule state.

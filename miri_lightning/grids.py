@@ -1,4 +1,5 @@
-"""Image grids of a round: masked input | imputation | ground truth, for files and for loggers."""
+"""Image grids of a round: masked input | imputation | (mean and spread of draws) | ground truth, for files
+and for loggers."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Optional
 import torch
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from torchvision.utils import make_grid
+
+from .draws import draw_mean, draw_std
 
 # Missing entries are drawn in this colour (magenta: rare in natural images).
 MISSING_COLOUR = torch.tensor([1.0, 0.0, 1.0])
@@ -33,9 +36,14 @@ def spread_image(std: torch.Tensor) -> torch.Tensor:
     return to_rgb((std.mean(1, keepdim=True) / SPREAD_WHITE).clamp(0, 1))
 
 
-def imputation_grid(imputed: torch.Tensor, masks: torch.Tensor, truth: Optional[torch.Tensor] = None):
-    """Rows: masked input, imputation, ground truth (when known); one column per image."""
-    rows = [show_missing(imputed, masks), to_rgb(imputed)] + ([to_rgb(truth)] if truth is not None else [])
+def imputation_grid(imputed: torch.Tensor, masks: torch.Tensor, truth: Optional[torch.Tensor] = None,
+                    draws: Optional[torch.Tensor] = None):
+    """Rows: masked input, imputation, then with `draws` (S, N, C, H, W) their mean and spread, then the
+    ground truth (when known); one column per image."""
+    rows = [show_missing(imputed, masks), to_rgb(imputed)]
+    if draws is not None:
+        rows += [to_rgb(draw_mean(draws, masks)), spread_image(draw_std(draws))]
+    rows += [to_rgb(truth)] if truth is not None else []
     return make_grid(torch.cat(rows).float(), nrow=len(imputed), padding=2, pad_value=1.0)
 
 

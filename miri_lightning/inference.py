@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
-from .baselines import initial_fill, saved_fill
+from .baselines import fill_is_random, initial_fill, saved_fill
 from .checkpoints import miri_state, read_checkpoint
 from .data.checks import check_binary, images_without_observed
 from .errors import DataError
@@ -130,7 +130,7 @@ class MIRIImputer:
     @property
     def stochastic(self) -> bool:
         """Whether two fills of the same image differ, and so its draws (the noise fill, or added noise)."""
-        return self.init_fill == "noise" or self.fill_noise > 0
+        return fill_is_random(self.init_fill, self.fill_noise)
 
     def impute(self, images: torch.Tensor, masks: torch.Tensor, seed: int = 0, num_samples: int = 1,
                batch_size: int = 256, method: Optional[str] = None, steps: Optional[int] = None,

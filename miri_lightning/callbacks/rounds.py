@@ -25,9 +25,11 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from ..baselines import fill_is_random
 from ..data.datamodule import MaskedImageDataModule
 from ..errors import ConfigError
 from ..grids import imputation_grid, log_grid
+from ..inference import MIRIImputer
 from ..io import save_imputations, save_png, write_round_record
 from ..metrics import MI_STEPS, collection_metrics, information_rose
 
@@ -115,6 +117,10 @@ class MIRIRounds(Callback):
             network (the paper's choice) instead of warm-starting from the last one.
         solve_batch_size: images per ODE solve (and held-out loss batch) on each device.
         grid_images: images (columns) in the logged grid.
+        grid_draws: fresh draws of the grid's images through the rounds so
+            far, whose mean and spread (an uncertainty map) join the grid when
+            round 0's fill is random (`data.init_fill: noise` or
+            `data.fill_noise` > 0); 0 or 1 leaves them out.
         metrics_max_images: metrics use the first this-many images (MMD is quadratic in it).
         mi_steps: training steps of the mask-information classifier (0 skips it, and `on_worse` with it).
             Fewer read subtle traces as none (`metrics.mask_information`).
@@ -124,11 +130,12 @@ class MIRIRounds(Callback):
                  val_every_n_steps: int = 50, patience: int = 2, min_improvement: float = 0.01,
                  on_worse: OnWorse = "warn", max_retries: int = 1, mi_seeds: int = 3,
                  reinit_each_round: bool = False, solve_batch_size: int = 256, grid_images: int = 8,
-                 metrics_max_images: int = 2000, mi_steps: int = MI_STEPS):
+                 grid_draws: int = 4, metrics_max_images: int = 2000, mi_steps: int = MI_STEPS):
         for key, value, least in (("num_rounds", num_rounds, 1), ("steps", steps, 1), ("patience", patience, 1),
                                   ("val_every_n_steps", val_every_n_steps, 1), ("max_retries", max_retries, 0),
                                   ("mi_seeds", mi_seeds, 1), ("solve_batch_size", solve_batch_size, 1),
-                                  ("grid_images", grid_images, 1), ("metrics_max_images", metrics_max_images, 2),
+                                  ("grid_images", grid_images, 1), ("grid_draws", grid_draws, 0),
+                                  ("metrics_max_images", metrics_max_images, 2),
                                   ("mi_steps", mi_steps, 0)):
             if value < least:
                 raise ConfigError(f"rounds.{key} must be >= {least}, got {value}")
@@ -138,6 +145,7 @@ class MIRIRounds(Callback):
         self.val_every_n_steps, self.patience, self.min_improvement = val_every_n_steps, patience, min_improvement
         self.on_worse, self.max_retries, self.mi_seeds = on_worse, max_retries, mi_seeds
         self.reinit_each_round, self.solve_batch_size, self.grid_images = reinit_each_round, solve_batch_size, grid_images
+        self.grid_draws = grid_draws
         self.metrics_max_images, self.mi_steps = metrics_max_images, mi_steps
         self.train_seconds, self.train_images, self.fastest_epoch = 0.0, 0, math.inf
         self.round_steps, self.val_curve, self.discarded = 0, [], []
@@ -263,7 +271,8 @@ class MIRIRounds(Callback):
         if new_best:
             save_imputations(run_dir / BEST_IMPUTATIONS_FILE, dm.imputations, dm.masks, round=dm.round)
         k = self.grid_images
-        grid = imputation_grid(dm.imputations[:k], dm.masks[:k], None if dm.truth is None else dm.truth[:k])
+        grid = imputation_grid(dm.imputations[:k], dm.masks[:k], None if dm.truth is None else dm.truth[:k],
+                               self._draws(pl_module, dm, k))
         save_png(run_dir / GRIDS_DIR / f"round_{dm.round:03d}.png", grid)
         write_round_record(run_dir / ROUNDS_FILE, record)  # last: a round listed here has all its files
         log_grid(trainer.loggers, "imputations", grid, trainer.global_step)
@@ -271,6 +280,14 @@ class MIRIRounds(Callback):
         for logger in trainer.loggers:
             logger.log_metrics({f"round/{key}": value for key, value in scalars.items()}, step=trainer.global_step)
         rank_zero_info("MIRI " + ", ".join(f"{key} {value:.4g}" for key, value in scalars.items()))
+
+    def _draws(self, pl_module: LightningModule, dm: MaskedImageDataModule, k: int) -> Optional[torch.Tensor]:
+        """`grid_draws` fresh imputations of the first `k` images through rounds 1..t (on the CPU), or None."""
+        if self.grid_draws < 2 or not fill_is_random(dm.init_fill, dm.fill_noise):
+            return None
+        imputer = MIRIImputer(pl_module.hparams.image_shape, pl_module.net_config, pl_module.round_weights,
+                              pl_module.solver, dm.init_fill, dm.fill_sigma, dm.fill_values, fill_noise=dm.fill_noise)
+        return imputer.impute(dm.imputations[:k], dm.masks[:k], num_samples=self.grid_draws)
 
     def state_dict(self) -> dict:
         return {"previous": self.previous, "best": self.best, "retries": self.retries}
