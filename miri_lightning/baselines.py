@@ -91,9 +91,8 @@ def knn_fill(images: torch.Tensor, masks: torch.Tensor, k: int = 5, chunk: int =
 def noisy(fill: torch.Tensor, masks: torch.Tensor, scale: float, seed: int = 0) -> torch.Tensor:
     """`fill` plus Gaussian noise of standard deviation `scale` at missing entries, clipped to [0, 1].
 
-    Why: with a deterministic fill, an image's missing entries are a function of
-    its observed ones, which the velocity can learn to compute and use as a
-    shortcut; noise makes round 0 a distribution, as the paper's uniform fill is.
+    Why: MIRI's solve is deterministic, so an image's draws differ only through
+    their fills; the noise makes round 0 a distribution, as the paper's uniform fill is.
     """
     if scale == 0:
         return fill
@@ -112,6 +111,17 @@ def initial_fill(images: torch.Tensor, masks: torch.Tensor, how: InitFill, seed:
         return noisy(interpolation_fill(images, masks, sigma), masks, noise, seed)
     mean = observed_mean(images, masks) if mean is None else mean
     return noisy(torch.where(masks, images, mean.to(images.dtype).expand_as(images)), masks, noise, seed)
+
+
+def fill_error(images: torch.Tensor, masks: torch.Tensor, how: InitFill, seed: int = 0, sigma: float = 1.0,
+               share: float = 0.1) -> float:
+    """The root-mean-square error of the `how` fill, measured without ground truth: a `share` of the observed
+    entries is hidden, filled from the rest, and compared with what was there."""
+    hidden = masks & (torch.rand(masks.shape, generator=_stream(seed, 0xE11)) < share)
+    if not hidden.any():
+        return 0.0
+    filled = initial_fill(images, masks & ~hidden, how, seed, sigma=sigma)
+    return float((filled - images)[hidden].square().mean().sqrt())
 
 
 def fill_is_random(how: InitFill, noise: float) -> bool:

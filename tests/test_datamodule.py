@@ -49,6 +49,20 @@ def test_fill_sigma_sets_the_interpolation_width():
         make_dm(init_fill="interpolation", fill_sigma=0)
 
 
+def test_fill_noise_auto_is_the_fills_own_error_and_is_kept_for_new_images():
+    dm = make_dm(init_fill="interpolation", fill_noise="auto")
+    missing = ~dm.masks
+    true_error = float((interpolation_fill(dm.truth, dm.masks) - dm.truth)[missing].square().mean().sqrt())
+    assert isinstance(dm.fill_noise, float) and 0.7 * true_error < dm.fill_noise < 1.3 * true_error
+    offsets = (dm.imputations - interpolation_fill(dm.truth, dm.masks))[missing]
+    assert offsets.abs().max() > 0 and torch.equal(dm.imputations[dm.masks], dm.truth[dm.masks])
+    resumed = make_dm(init_fill="interpolation")
+    resumed.load_state_dict(dm.state_dict())
+    assert resumed.fill_noise == dm.fill_noise
+    with pytest.raises(ConfigError, match="data.fill_noise must be >= 0"):
+        make_dm(init_fill="interpolation", fill_noise=-0.1)
+
+
 def test_same_seed_same_collection():
     a, b = make_dm(), make_dm()
     assert torch.equal(a.masks, b.masks) and torch.equal(a.imputations, b.imputations)

@@ -12,7 +12,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ..baselines import InitFill, initial_fill, observed_mean, saved_fill
+from ..baselines import InitFill, fill_error, initial_fill, observed_mean, saved_fill
 from ..errors import ConfigError, DataError
 from .checks import images_without_missing, images_without_observed, shorten
 from .masks import MCAR, MaskMechanism
@@ -123,10 +123,11 @@ class MaskedImageDataModule(LightningDataModule):
             (docs/performance.md).
         fill_noise: standard deviation of Gaussian noise added to the `mean`
             and `interpolation` fills at missing entries (clipped to [0, 1]).
-            A deterministic fill lets the velocity learn to compute an image's
-            missing entries from its observed ones, a shortcut that broke
-            later rounds on natural images (docs/2026-12-02-natural-images.md);
-            noise also makes new images' draws differ.
+            The solve is deterministic, so without it every draw of an image
+            (multiple imputation) is the same image. `auto`: the fill's own
+            root-mean-square error, measured on a tenth of the observed
+            entries hidden from it (no ground truth needed); the value is
+            kept in checkpoints, so new images get the same.
         batch_size: training images per step on each device. An epoch is one
             round's training: `batches_per_epoch` batches (set by MIRIRounds
             from `rounds.steps`; one pass over the training images when unset).
@@ -153,7 +154,7 @@ class MaskedImageDataModule(LightningDataModule):
         mask: Optional[MaskMechanism] = None,
         init_fill: InitFill = "noise",
         fill_sigma: float = 1.0,
-        fill_noise: float = 0.0,
+        fill_noise: Union[float, Literal["auto"]] = 0.0,
         val_fraction: float = 0.0,
         batch_size: int = 64,
         num_workers: int = 0,
@@ -167,7 +168,7 @@ class MaskedImageDataModule(LightningDataModule):
             raise ConfigError(f"data.batch_size must be >= 2 (each image needs a partner), got {batch_size}")
         if not fill_sigma > 0:
             raise ConfigError(f"data.fill_sigma must be > 0 (pixels), got {fill_sigma}")
-        if not fill_noise >= 0:
+        if fill_noise != "auto" and not fill_noise >= 0:
             raise ConfigError(f"data.fill_noise must be >= 0 (a standard deviation), got {fill_noise}")
         if fill_noise and init_fill == "noise":
             raise ConfigError("data.fill_noise adds noise to the mean and interpolation fills; "
@@ -214,6 +215,10 @@ class MaskedImageDataModule(LightningDataModule):
         # The masks never change after this: hash them once, not at every checkpoint.
         self.masks_sha1 = hashlib.sha1(self.masks.numpy().tobytes()).hexdigest()
         self.fill_values = observed_mean(images, self.masks) if self.init_fill == "mean" else None
+        if self.fill_noise == "auto":  # the fill's own error, from observed entries hidden for the purpose
+            self.fill_noise = fill_error(images, self.masks, self.init_fill, self.seed, self.fill_sigma)
+            rank_zero_info(f"MIRI data: data.fill_noise auto: {self.fill_noise:.4f}, the {self.init_fill} fill's "
+                           "error on observed entries hidden from it")
         start = initial_fill(images, self.masks, self.init_fill, self.seed, self.fill_values, self.fill_sigma,
                              self.fill_noise)
         # Ground truth exists only where every missing entry was hidden by us.
