@@ -145,10 +145,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         names, images, masks = read_inputs(args, imputer.image_shape[0])
         result = imputer.impute(images, masks, seed=args.seed, num_samples=args.num_samples,
                                 batch_size=args.batch_size, method=args.method, steps=args.steps, progress=True)
-        full = masks.expand_as(images)
         std = draw_std(result) if args.uncertainty else None
         if args.mean:
-            result = draw_mean(result, full)
+            result = draw_mean(result, masks)  # masks (N, 1 or C, H, W) broadcast over channels
         write_outputs(args.out, names, images, masks, result, args.side_by_side, std)
     except MIRIError as err:
         sys.exit(f"error: {err}")

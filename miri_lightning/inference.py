@@ -85,7 +85,7 @@ class MIRIImputer:
                    SolverConfig(**data["solver"]), data["init_fill"],
                    data.get("fill_sigma", 1.0),  # exports from before data.fill_sigma existed: sigma 1
                    data["fill_values"], device, precision,
-                   data.get("fill_noise", 0.0))  # exports from before data.fill_noise existed: none
+                   fill_noise=data.get("fill_noise", 0.0))  # exports from before data.fill_noise existed: none
 
     def export(self, path: str | os.PathLike, half: bool = False) -> None:
         """Write only what inference needs (weights in float16 if `half`), atomically."""

@@ -212,7 +212,8 @@ def score_draws(run_dir: Path, images: torch.Tensor, masks: torch.Tensor, k: int
     draws = imputer.impute(images, masks, num_samples=k)
     mean = draw_mean(draws, masks)
     return {"draws": k, "one_draw_mmd": mmd_rbf(draws[0], images),
-            "one_draw_psnr": psnr(missing_rmse(draws[0], images, masks)), "mean_psnr": psnr(missing_rmse(mean, images, masks)), **calibration(draws, masks, images, level=0.9),
+            "one_draw_psnr": psnr(missing_rmse(draws[0], images, masks)),
+            "mean_psnr": psnr(missing_rmse(mean, images, masks)), **calibration(draws, masks, images, level=0.9),
             "seconds": time.perf_counter() - start}
 
 
