@@ -208,6 +208,14 @@ class MIRI(LightningModule):
         if crop is not None and not (0 < crop <= height and crop % halvings == 0):
             raise ConfigError(f"model.train_crop must be a multiple of {halvings} (the U-Net halves it "
                               f"{halvings.bit_length() - 1} times) and at most the image side {height}, got {crop}")
+        spans = [key for key, on in (("norm: group", self.net_config.norm == "group"),
+                                     ("mid_attention: true", self.net_config.mid_attention),
+                                     ("attention_resolutions", self.net_config.attention_resolutions)) if on]
+        if crop is not None and crop < height and spans:
+            rank_zero_warn(f"MIRI: model.train_crop {crop} with model.net {' and '.join(spans)}: these layers see "
+                           f"a {crop}x{crop} window in training but the whole {height}x{height} image in the solve, "
+                           "which biases every imputation alike; set model.net.norm: pixel, model.net.mid_attention: "
+                           "false and no model.net.attention_resolutions (docs/2026-12-02-natural-images.md)")
         self.velocity = VelocityUNet(channels, height, self.net_config)
         self.velocity.reset_parameters(seed=self.hparams.seed)
         self.velocity.to(memory_format=self.memory_format)

@@ -153,6 +153,16 @@ def test_train_crop_trains_on_windows_and_imputes_whole_images(tmp_path):
     assert torch.equal(imputed[masks], cli.datamodule.truth[masks])
 
 
+def test_windows_with_image_spanning_layers_warn(recwarn):
+    net = {"width": 8, "channel_mults": [1, 2], "num_res_blocks": 1, "attention_resolutions": []}
+    with pytest.warns(UserWarning, match="model.train_crop 8 with model.net norm: group and mid_attention: true"):
+        MIRI(net=net, train_crop=8, image_shape=(3, 16, 16))
+    recwarn.clear()
+    MIRI(net={**net, "norm": "pixel", "mid_attention": False}, train_crop=8, image_shape=(3, 16, 16))
+    MIRI(net=net, image_shape=(3, 16, 16))  # whole images: the layers see in training what they see in the solve
+    assert not [w for w in recwarn if "train_crop" in str(w.message)]
+
+
 def test_channels_last_changes_the_layout_not_the_imputations():
     images = Shapes(num_images=8, image_size=16, seed=0).load().images
     masks = MCAR(missing_rate=0.6, seed=0)(images)

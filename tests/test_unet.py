@@ -49,6 +49,32 @@ def test_time_changes_the_output():
     assert not torch.allclose(net(x, x, m, torch.tensor([0.1])), net(x, x, m, torch.tensor([0.9])))
 
 
+def _random_net(cfg: UNetConfig, channels: int = 3, size: int = 32) -> VelocityUNet:
+    net = VelocityUNet(channels, size, cfg)
+    with torch.no_grad():  # every weight non-zero, so that every path carries signal
+        for p in net.parameters():
+            p.normal_(0, 0.2)
+    return net
+
+
+def test_pixel_norm_without_mid_attention_sees_only_its_receptive_field():
+    """What a window-trained network learnt holds on whole images only if no layer spans the image."""
+    small = dict(width=8, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=())
+    a = torch.rand(1, 3, 32, 32)
+    m = (torch.rand_like(a) > 0.5).float()
+    far = a.clone()
+    far[..., :4, :4] = 1 - far[..., :4, :4]  # change one corner only
+    tau = torch.rand(1)
+    for cfg, local in ((UNetConfig(**small), False), (UNetConfig(**small, norm="pixel"), False),
+                       (UNetConfig(**small, norm="pixel", mid_attention=False), True)):
+        net = _random_net(cfg)
+        with torch.no_grad():
+            change = (net(a, a, m, tau) - net(far, far, m, tau)).abs()
+        assert change[..., :4, :4].max() > 1e-2  # the corner itself moves
+        opposite = change[..., -4:, -4:].max()
+        assert (opposite < 1e-6) if local else (opposite > 1e-5), (cfg, float(opposite))
+
+
 def test_bad_configs_name_the_key():
     with pytest.raises(ConfigError, match="channel_mults"):
         VelocityUNet(3, 20, UNetConfig(channel_mults=(1, 2, 2, 2)))
@@ -56,6 +82,7 @@ def test_bad_configs_name_the_key():
         VelocityUNet(3, 32, UNetConfig(attention_resolutions=(5,)))
     with pytest.raises(ConfigError, match="groups"):
         VelocityUNet(3, 32, UNetConfig(width=12, groups=8))
+    VelocityUNet(3, 32, UNetConfig(width=12, groups=8, norm="pixel"))  # groups are GroupNorm's only
 
 
 def test_train_py_stops_before_training_on_an_image_size_the_depth_cannot_halve(tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +33,14 @@ class UNetConfig:
             self-attention layer follows each residual block.
         dropout: dropout inside residual blocks.
         groups: GroupNorm groups; must divide every level's channel count.
+        norm: `group` normalises each group of channels over the whole feature
+            map; `pixel` normalises the channels of each pixel on their own.
+            With `pixel`, no `mid_attention` and no `attention_resolutions`,
+            nothing a layer computes spans the image, so a network trained on windows (`model.train_crop`)
+            computes on a whole image what it learnt: with `group`, a window's
+            statistics are not the image's.
+        mid_attention: self-attention between the two middle blocks; it spans
+            the whole lowest-resolution feature map.
     """
 
     width: int = 64
@@ -40,6 +49,23 @@ class UNetConfig:
     attention_resolutions: tuple[int, ...] = (8,)
     dropout: float = 0.0
     groups: int = 8
+    norm: Literal["group", "pixel"] = "group"
+    mid_attention: bool = True
+
+
+class PixelNorm(nn.Module):
+    """LayerNorm over the channels of each pixel (with a per-channel scale and shift)."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(ch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.movedim(1, -1)).movedim(-1, 1)
+
+
+def norm_layer(cfg: UNetConfig, ch: int) -> nn.Module:
+    return PixelNorm(ch) if cfg.norm == "pixel" else nn.GroupNorm(cfg.groups, ch)
 
 
 def timestep_embedding(tau: torch.Tensor, dim: int) -> torch.Tensor:
@@ -51,15 +77,15 @@ def timestep_embedding(tau: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv twice, with the time embedding as a FiLM scale and shift."""
+    """Norm-SiLU-conv twice, with the time embedding as a FiLM scale and shift."""
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, groups: int):
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, cfg: UNetConfig):
         super().__init__()
-        self.norm1 = nn.GroupNorm(groups, in_ch)
+        self.norm1 = norm_layer(cfg, in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.film = nn.Linear(emb_dim, 2 * out_ch)
-        self.norm2 = nn.GroupNorm(groups, out_ch)
-        self.dropout = nn.Dropout(dropout)
+        self.norm2 = norm_layer(cfg, out_ch)
+        self.dropout = nn.Dropout(cfg.dropout)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
@@ -74,10 +100,10 @@ class ResBlock(nn.Module):
 class SelfAttention(nn.Module):
     """Multi-head self-attention over the pixels of a (low-resolution) feature map."""
 
-    def __init__(self, ch: int, groups: int):
+    def __init__(self, ch: int, cfg: UNetConfig):
         super().__init__()
         self.heads = max(1, ch // 64)
-        self.norm = nn.GroupNorm(groups, ch)
+        self.norm = norm_layer(cfg, ch)
         self.qkv = nn.Conv2d(ch, 3 * ch, 1)
         self.proj = nn.Conv2d(ch, ch, 1)
 
@@ -93,9 +119,9 @@ class Level(nn.Module):
 
     def __init__(self, chans: list[tuple[int, int]], emb_dim: int, cfg: UNetConfig, attention: bool):
         super().__init__()
-        self.blocks = nn.ModuleList(ResBlock(i, o, emb_dim, cfg.dropout, cfg.groups) for i, o in chans)
+        self.blocks = nn.ModuleList(ResBlock(i, o, emb_dim, cfg) for i, o in chans)
         self.attn = nn.ModuleList(
-            SelfAttention(o, cfg.groups) if attention else nn.Identity() for _, o in chans
+            SelfAttention(o, cfg) if attention else nn.Identity() for _, o in chans
         )
 
 
@@ -125,7 +151,7 @@ class VelocityUNet(nn.Module):
                 res //= 2
 
         self.mid = Level([(ch, ch), (ch, ch)], emb_dim, cfg, attention=False)
-        self.mid_attn = SelfAttention(ch, cfg.groups)
+        self.mid_attn = SelfAttention(ch, cfg) if cfg.mid_attention else nn.Identity()
 
         self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
         for i, out in reversed(list(enumerate(widths))):
@@ -138,7 +164,7 @@ class VelocityUNet(nn.Module):
             if i > 0:
                 res *= 2
 
-        self.head = nn.Sequential(nn.GroupNorm(cfg.groups, ch), nn.SiLU(), nn.Conv2d(ch, channels, 3, padding=1))
+        self.head = nn.Sequential(norm_layer(cfg, ch), nn.SiLU(), nn.Conv2d(ch, channels, 3, padding=1))
         self.reset_parameters()
 
     def reset_parameters(self, seed: int | None = None) -> None:
@@ -199,5 +225,5 @@ def check_unet_config(cfg: UNetConfig, image_size: int) -> None:
             f"levels' image sides {sorted(sides)}"
         )
     bad = [cfg.width * m for m in cfg.channel_mults if (cfg.width * m) % cfg.groups]
-    if bad:
+    if bad and cfg.norm == "group":
         raise ConfigError(f"model.net.groups: {cfg.groups} must divide every level's channels, not {bad}")
