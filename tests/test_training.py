@@ -13,7 +13,7 @@ from miri_lightning.cli import MIRICLI, build_cli
 from miri_lightning.data.datamodule import MaskedImageDataModule
 from miri_lightning.data.masks import MCAR
 from miri_lightning.data.sources import Shapes
-from miri_lightning.module import MIRI
+from miri_lightning.module import MIRI, random_window
 
 TWO_ROUNDS = ["--rounds.num_rounds", "2", "--rounds.steps", "16"]
 
@@ -153,6 +153,17 @@ def test_train_crop_trains_on_windows_and_imputes_whole_images(tmp_path):
     assert torch.equal(imputed[masks], cli.datamodule.truth[masks])
 
 
+def test_training_windows_cover_the_image_edges_about_as_often_as_the_middle():
+    x = torch.arange(32.0).view(1, 1, 1, 32).expand(1, 1, 32, 32)  # each entry names its column
+    seen = torch.zeros(32)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(4000):
+        window, _ = random_window(x, x, 8, generator)
+        assert window.shape[-2:] == (8, 8)
+        seen[window[0, 0, 0].long()] += 1
+    assert seen.min() >= 0.45 * seen.max(), seen  # a corner drawn inside the image gives the edges 1/8
+
+
 def test_windows_with_image_spanning_layers_warn(recwarn):
     net = {"width": 8, "channel_mults": [1, 2], "num_res_blocks": 1, "attention_resolutions": []}
     with pytest.warns(UserWarning, match="model.train_crop 8 with model.net norm: group and mid_attention: true"):
@@ -263,7 +274,7 @@ def test_compiled_velocity_gives_the_same_imputations(tmp_path):
     ("max-autotune", "max-autotune", "max-autotune-no-cudagraphs"),
 ])
 def test_cuda_graphs_compile_training_only(setting, training, solve, monkeypatch):
-    from miri_lightning.module import MIRI
+    from miri_lightning.module import MIRI, random_window
 
     calls = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, mode: calls.append((self, mode)))
