@@ -5,7 +5,8 @@ import math
 import torch
 
 from miri_lightning.baselines import interpolation_fill
-from miri_lightning.metrics import collection_metrics, mask_information, missing_rmse, mmd_rbf, psnr, ssim
+from miri_lightning.metrics import (collection_metrics, mask_information, missing_rmse, mmd_rbf, psnr, ssim,
+                                    systematic_error)
 
 
 def _images(n=40, seed=0):
@@ -34,6 +35,20 @@ def test_rmse_and_psnr_look_at_missing_entries_only():
     assert psnr(0.0) == math.inf
 
 
+def test_systematic_error_sees_an_error_every_image_shares_and_mmd_weighs_it():
+    truth = _images(200)
+    masks = torch.rand_like(truth) > 0.5
+    g = torch.Generator().manual_seed(3)
+    sign = torch.randint(0, 2, (1, *truth.shape[1:]), generator=g) * 2 - 1.0
+    shared = torch.where(masks, truth, truth + 0.05 * sign)  # the same error in every image
+    own = torch.where(masks, truth, truth + 0.05 * (torch.randint(0, 2, truth.shape, generator=g) * 2 - 1.0))
+    assert math.isclose(missing_rmse(shared, truth, masks), missing_rmse(own, truth, masks), rel_tol=1e-6)
+    assert math.isclose(systematic_error(shared, truth, masks), 0.05, rel_tol=1e-5)
+    assert systematic_error(own, truth, masks) < 0.015  # independent signs average out over the images
+    assert mmd_rbf(shared, truth) > 3 * mmd_rbf(own, truth)
+    assert systematic_error(truth, truth, masks) == 0.0
+
+
 def test_ssim_is_one_for_identical_images():
     x = _images()
     assert math.isclose(ssim(x, x), 1.0, rel_tol=1e-5)
@@ -59,4 +74,5 @@ def test_collection_metrics_without_ground_truth_reports_mask_information_only()
     x = _images()
     masks = torch.rand_like(x) > 0.5
     assert set(collection_metrics(x, masks, None, mi_steps=5)) == {"mutual_information"}
-    assert set(collection_metrics(x, masks, x, mi_steps=5)) == {"mutual_information", "mmd", "psnr", "rmse", "ssim"}
+    assert set(collection_metrics(x, masks, x, mi_steps=5)) == {"mutual_information", "mmd", "psnr", "rmse", "ssim",
+                                                           "systematic_error"}

@@ -26,7 +26,8 @@ def two_round_run(tmp_path_factory) -> Path:
 def test_two_rounds_write_every_output(two_round_run):
     rounds = read_rounds(two_round_run)
     assert [r["round"] for r in rounds] == [0, 1, 2]
-    for key in ("mmd", "psnr", "rmse", "ssim", "mutual_information", "train_seconds", "impute_seconds"):
+    for key in ("mmd", "psnr", "rmse", "ssim", "systematic_error", "mutual_information", "train_seconds",
+                "impute_seconds"):
         assert all(key in r for r in rounds)
     for r in rounds[1:]:  # 64 images, 4 epochs of training and one solve a round
         assert r["train_images_per_second"] == pytest.approx(4 * 64 / r["train_seconds"])
