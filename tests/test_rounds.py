@@ -77,6 +77,15 @@ def test_a_round_runs_its_full_length_while_the_held_out_loss_falls(tmp_path):
     assert read_rounds(run)[1]["steps"] == 6
 
 
+def test_a_spike_in_the_held_out_loss_is_not_convergence(tmp_path, monkeypatch):
+    losses = iter([0.01] + [0.1] * 20)  # the loss jumps tenfold after the first check and stays there
+    monkeypatch.setattr(MIRI, "heldout_loss", lambda self, images, masks, batch_size: next(losses))
+    run = run_cli(tmp_path, "--rounds.num_rounds", "1", "--rounds.steps", "8", "--rounds.min_steps", "2",
+                  "--rounds.val_every_n_steps", "1", "--rounds.patience", "2", "--data.val_fraction", "0.25",
+                  "--rounds.mi_steps", "0")
+    assert read_rounds(run)[1]["steps"] == 8  # without the spike rule it would have ended at step 3
+
+
 def spoil(monkeypatch, calls: set):
     """Replace the solve: the listed calls (1 = the first) pour uniform noise into the missing entries, the
     others leave the imputations as they were (so that only the spoilt rounds can read as worse)."""

@@ -36,6 +36,9 @@ from ..metrics import MI_STEPS, collection_metrics, information_rose
 ROUNDS_FILE, IMPUTATIONS_FILE, GRIDS_DIR = "rounds.jsonl", "imputations.npz", "grids"
 BEST_IMPUTATIONS_FILE = "imputations_best.npz"  # the round with the least mask information so far
 OnWorse = Literal["warn", "retry", "stop"]
+# A held-out loss this many times the round's best is a spike, not a plateau: such a round has not
+# converged and trains on (a CelebA round whose loss jumped tenfold was ended as converged).
+SPIKE = 1.5
 # The fields of a round's record that measure the machine, not the result (they differ between equal runs).
 TIMING_KEYS = ("train_seconds", "impute_seconds", "train_images_per_second", "impute_images_per_second",
                "fastest_epoch_seconds", "peak_memory_gb")
@@ -200,7 +203,7 @@ class MIRIRounds(Callback):
                 logger.log_metrics({"val/loss": loss}, step=trainer.global_step)
         improved = loss < self._best_val * (1 - self.min_improvement)
         self._best_val, self._stale = min(self._best_val, loss), 0 if improved else self._stale + 1
-        converged = steps >= self.min_steps and self._stale >= self.patience
+        converged = steps >= self.min_steps and self._stale >= self.patience and loss <= SPIKE * self._best_val
         # Every rank must end the epoch at the same step (they compute the same loss; this makes sure).
         pl_module.round_converged = trainer.strategy.reduce_boolean_decision(converged, all=False)
 
