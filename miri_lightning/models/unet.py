@@ -36,9 +36,9 @@ class UNetConfig:
         norm: `group` normalises each group of channels over the whole feature
             map; `pixel` normalises the channels of each pixel on their own.
             With `pixel`, no `mid_attention` and no `attention_resolutions`,
-            nothing a layer computes spans the image, so a network trained on windows (`model.train_crop`)
-            computes on a whole image what it learnt: with `group`, a window's
-            statistics are not the image's.
+            no layer spans the image, so a network trained on windows
+            (`model.train_crop`) computes on a whole image what it learnt;
+            with `group`, a window's statistics are not the image's.
         mid_attention: self-attention between the two middle blocks; it spans
             the whole lowest-resolution feature map.
     """
