@@ -223,7 +223,7 @@ class MIRI(LightningModule):
             rank_zero_warn(f"MIRI: model.train_crop {crop} with model.net {' and '.join(spans)}: these layers see "
                            f"a {crop}x{crop} window in training but the whole {height}x{height} image in the solve, "
                            "which biases every imputation alike; set model.net.norm: pixel, model.net.mid_attention: "
-                           "false and no model.net.attention_resolutions (docs/2026-12-02-natural-images.md)")
+                           "false and no model.net.attention_resolutions (docs/2026-12-02-shared-error.md)")
         self.velocity = VelocityUNet(channels, height, self.net_config)
         self.velocity.reset_parameters(seed=self.hparams.seed)
         self.velocity.to(memory_format=self.memory_format)
