@@ -1,4 +1,5 @@
-"""Simple imputers: MIRI's initial fills, and the baselines a benchmark puts beside it.
+"""Simple imputers: the fills MIRI can start from (`fills.RoundZeroFill` chooses one), and the
+baselines a benchmark puts beside it.
 
 All take images (N, C, H, W) in [0, 1] and bool masks of the same shape
 (True = observed) and return imputations whose observed entries are the data.
@@ -7,16 +8,13 @@ All take images (N, C, H, W) in [0, 1] and bool masks of the same shape
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-InitFill = Literal["noise", "mean", "interpolation"]
 
-
-def _stream(seed: int, salt: int) -> torch.Generator:
+def seed_stream(seed: int, salt: int) -> torch.Generator:
     """A CPU generator for `seed`'s own stream `salt`: seeded with `seed` itself, it would replay
     draws made elsewhere with the same seed (a mask's, for one), so that they would not be independent."""
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, salt]).generate_state(1)[0]))
@@ -24,7 +22,7 @@ def _stream(seed: int, salt: int) -> torch.Generator:
 
 def noise_fill(images: torch.Tensor, masks: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """Missing entries uniform in [0, 1] (the paper's initial fill), from `seed`'s own stream."""
-    noise = torch.rand(images.shape, generator=_stream(seed, 0x5EED))
+    noise = torch.rand(images.shape, generator=seed_stream(seed, 0x5EED))
     return torch.where(masks, images, noise)
 
 
@@ -86,54 +84,3 @@ def knn_fill(images: torch.Tensor, masks: torch.Tensor, k: int = 5, chunk: int =
         flat = out[rows].flatten(1)
         out[rows] = torch.where(masks[rows].flatten(1), flat, value.to(flat.dtype)).view_as(out[rows])
     return out
-
-
-def noisy(fill: torch.Tensor, masks: torch.Tensor, scale: float, seed: int = 0) -> torch.Tensor:
-    """`fill` plus Gaussian noise of standard deviation `scale` at missing entries, clipped to [0, 1].
-
-    Why: MIRI's solve is deterministic, so an image's draws differ only through
-    their fills; the noise makes round 0 a distribution, as the paper's uniform fill is.
-    """
-    if scale == 0:
-        return fill
-    noise = torch.randn(fill.shape, generator=_stream(seed, 0xF111)).to(fill.dtype)
-    return torch.where(masks, fill, (fill + scale * noise).clamp(0.0, 1.0))
-
-
-def initial_fill(images: torch.Tensor, masks: torch.Tensor, how: InitFill, seed: int = 0,
-                 mean: Optional[torch.Tensor] = None, sigma: float = 1.0, noise: float = 0.0) -> torch.Tensor:
-    """MIRI's x_hat^(0) by `how`; `mean` is a collection's per-entry observed mean (from `images` if None),
-    `sigma` the width in pixels of the `interpolation` fill's Gaussian, `noise` the standard deviation
-    of the Gaussian noise added to the `mean` and `interpolation` fills."""
-    if how == "noise":
-        return noise_fill(images, masks, seed)
-    if how == "interpolation":
-        return noisy(interpolation_fill(images, masks, sigma), masks, noise, seed)
-    mean = observed_mean(images, masks) if mean is None else mean
-    return noisy(torch.where(masks, images, mean.to(images.dtype).expand_as(images)), masks, noise, seed)
-
-
-def fill_error(images: torch.Tensor, masks: torch.Tensor, how: InitFill, seed: int = 0, sigma: float = 1.0,
-               share: float = 0.1) -> float:
-    """The root-mean-square error of the `how` fill, measured without ground truth: a `share` of the observed
-    entries is hidden, filled from the rest, and compared with what was there."""
-    hidden = masks & (torch.rand(masks.shape, generator=_stream(seed, 0xE11)) < share)
-    if not hidden.any():
-        return 0.0
-    filled = initial_fill(images, masks & ~hidden, how, seed, sigma=sigma)
-    return float((filled - images)[hidden].square().mean().sqrt())
-
-
-def fill_is_random(how: InitFill, noise: float) -> bool:
-    """Whether two fills of the same image differ: only then can the run's draws of it differ."""
-    return how == "noise" or noise > 0
-
-
-def saved_fill(state: dict) -> dict:
-    """How round 0 was filled (`init_fill`, `fill_sigma`, `fill_noise`, `fill_values`), from a checkpoint's
-    datamodule state.
-
-    Checkpoints from before an option existed read as what was used then: noise, sigma 1, no added noise.
-    """
-    return {"init_fill": state.get("init_fill", "noise"), "fill_sigma": state.get("fill_sigma", 1.0),
-            "fill_noise": state.get("fill_noise", 0.0), "fill_values": state.get("fill_values")}

@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
-from .baselines import fill_is_random, initial_fill, saved_fill
+from .fills import RoundZeroFill
 from .checkpoints import miri_state, read_checkpoint
 from .data.checks import check_binary, images_without_observed
 from .errors import DataError
@@ -42,7 +42,8 @@ def _from_training_checkpoint(data: dict, path: Path) -> dict:
     if not weights:
         raise DataError(f"{path} was saved before the first round ended: it has no velocity field to apply")
     return {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "image_shape": list(hparams["image_shape"]),
-            "net": hparams["net"], "solver": hparams["solver"], **saved_fill(state), "round_weights": weights}
+            "net": hparams["net"], "solver": hparams["solver"], **RoundZeroFill.from_state(state).state(),
+            "round_weights": weights}
 
 
 class MIRIImputer:
@@ -53,21 +54,17 @@ class MIRIImputer:
         net: the U-Net's shape.
         round_weights: state dicts of v_1 ... v_T.
         solver: default ODE solver (overridable per call).
-        init_fill: round 0's fill of missing entries: `noise`, `mean` or `interpolation`.
-        fill_sigma: the `interpolation` fill's Gaussian width in pixels.
-        fill_noise: standard deviation of the noise added to the `mean` and `interpolation` fills.
-        fill_values: the training collection's per-entry observed mean (for `mean`).
+        fill: round 0's fill, as the training collection was filled (default: the paper's noise).
         device, precision: where and how to compute (`32`, `bf16` or `16` autocast).
     """
 
     def __init__(self, image_shape, net: UNetConfig, round_weights: list[dict], solver: SolverConfig,
-                 init_fill: str = "noise", fill_sigma: float = 1.0, fill_values: Optional[torch.Tensor] = None,
-                 device: str | torch.device = "cpu", precision: str = "32", fill_noise: float = 0.0):
+                 fill: Optional[RoundZeroFill] = None, device: str | torch.device = "cpu", precision: str = "32"):
         if precision not in PRECISIONS:
             raise DataError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.image_shape = tuple(int(s) for s in image_shape)
-        self.net_config, self.solver, self.init_fill, self.fill_sigma = net, solver, init_fill, fill_sigma
-        self.fill_values, self.fill_noise, self.round_weights = fill_values, fill_noise, round_weights
+        self.net_config, self.solver, self.round_weights = net, solver, round_weights
+        self.fill = fill or RoundZeroFill()
         self.device, self.precision = torch.device(device), precision
         self.net = VelocityUNet(self.image_shape[0], self.image_shape[1], net).to(self.device).eval()
 
@@ -82,18 +79,14 @@ class MIRIImputer:
             raise DataError(f"{path} is export version {data.get('version')}; this miri-lightning reads "
                             f"version {EXPORT_VERSION}")
         return cls(data["image_shape"], UNetConfig(**data["net"]), data["round_weights"],
-                   SolverConfig(**data["solver"]), data["init_fill"],
-                   data.get("fill_sigma", 1.0),  # exports from before data.fill_sigma existed: sigma 1
-                   data["fill_values"], device, precision,
-                   fill_noise=data.get("fill_noise", 0.0))  # exports from before data.fill_noise existed: none
+                   SolverConfig(**data["solver"]), RoundZeroFill.from_state(data), device, precision)
 
     def export(self, path: str | os.PathLike, half: bool = False) -> None:
         """Write only what inference needs (weights in float16 if `half`), atomically."""
         dtype = torch.float16 if half else torch.float32
         weights = [{k: v.to(dtype) if v.is_floating_point() else v for k, v in w.items()} for w in self.round_weights]
         data = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "image_shape": list(self.image_shape),
-                "net": asdict(self.net_config), "solver": asdict(self.solver), "init_fill": self.init_fill,
-                "fill_sigma": self.fill_sigma, "fill_noise": self.fill_noise, "fill_values": self.fill_values,
+                "net": asdict(self.net_config), "solver": asdict(self.solver), **self.fill.state(),
                 "round_weights": weights}
         with atomic_path(path) as tmp:
             torch.save(data, tmp)
@@ -124,13 +117,12 @@ class MIRIImputer:
 
     def initial_fill(self, images: torch.Tensor, masks: torch.Tensor, seed: int) -> torch.Tensor:
         """x_hat^(0) of new images, filled the way round 0 filled the training collection."""
-        return initial_fill(images.float(), masks, self.init_fill, seed, self.fill_values, self.fill_sigma,
-                            self.fill_noise)
+        return self.fill(images.float(), masks, seed)
 
     @property
     def stochastic(self) -> bool:
-        """Whether two fills of the same image differ, and so its draws (the noise fill, or added noise)."""
-        return fill_is_random(self.init_fill, self.fill_noise)
+        """Whether two fills of the same image differ, and so its draws."""
+        return self.fill.random
 
     def impute(self, images: torch.Tensor, masks: torch.Tensor, seed: int = 0, num_samples: int = 1,
                batch_size: int = 256, method: Optional[str] = None, steps: Optional[int] = None,
@@ -144,8 +136,9 @@ class MIRIImputer:
         the solve is deterministic, so a deterministic fill gives one image S times.
         """
         if num_samples > 1 and not self.stochastic:
-            raise DataError(f"this run filled round 0 by {self.init_fill} without noise, so every draw would be "
-                            "the same image: train with data.fill_noise > 0 (or init_fill noise) for several draws")
+            raise DataError(f"this run filled round 0 by {self.fill.kind} without randomness, so every draw would "
+                            "be the same image: train with data.fill_keep < 1 or data.fill_noise > 0 (or init_fill "
+                            "noise) for several draws")
         masks = self.check(images, masks)
         solver = replace(self.solver, **{k: v for k, v in (("method", method), ("steps", steps)) if v is not None})
         bar = tqdm(total=num_samples * len(self.round_weights) * len(images), disable=not progress, unit="img",

@@ -2,9 +2,9 @@
 
 import torch
 
-from miri_lightning.baselines import (initial_fill, interpolation_fill, knn_fill, mean_fill, noise_fill,
-                                      noisy, observed_mean)
+from miri_lightning.baselines import interpolation_fill, knn_fill, mean_fill, noise_fill, observed_mean
 from miri_lightning.data.masks import MCAR
+from miri_lightning.fills import RoundZeroFill
 
 
 def _smooth(n=30, seed=0):
@@ -17,8 +17,8 @@ def test_every_fill_keeps_observed_entries():
     x = _smooth()
     m = MCAR(missing_rate=0.6, seed=0)(x)
     for y in (noise_fill(x, m, 0), mean_fill(x, m), interpolation_fill(x, m), knn_fill(x, m, k=3),
-              initial_fill(x, m, "interpolation"), initial_fill(x, m, "interpolation", noise=0.3),
-              initial_fill(x, m, "mean", noise=0.3)):
+              RoundZeroFill("interpolation")(x, m), RoundZeroFill("interpolation", noise=0.3)(x, m),
+              RoundZeroFill("mean", noise=0.3)(x, m), RoundZeroFill("interpolation", keep=0.3)(x, m)):
         assert torch.equal(y[m], x[m]) and y.min() >= 0 and y.max() <= 1
 
 
@@ -56,8 +56,33 @@ def test_noisy_fills_differ_by_seed_around_the_fill_and_not_like_the_mask():
     x = _smooth(n=200).mean(1, keepdim=True)  # one channel: mask and noise have the same shape
     m = MCAR(missing_rate=0.6, seed=3)(x)
     smooth = interpolation_fill(x, m, sigma=0.4)
-    draws = [initial_fill(x, m, "interpolation", seed=s, sigma=0.4, noise=0.05) for s in (3, 4)]
+    draws = [RoundZeroFill("interpolation", sigma=0.4, noise=0.05)(x, m, seed=s) for s in (3, 4)]
     assert not torch.equal(draws[0], draws[1])
     offsets = (draws[0] - smooth)[~m]
     assert abs(offsets.std() - 0.05) < 0.005 and abs(offsets.mean()) < 0.005  # (clipping at 0 and 1 is rare here)
-    assert torch.equal(noisy(smooth, m, 0.0, seed=3), smooth)
+    assert torch.equal(RoundZeroFill("interpolation", sigma=0.4)(x, m, seed=3), smooth)
+
+
+def test_a_thinned_interpolation_varies_most_where_the_neighbours_disagree():
+    # Left half flat grey, right half a checkerboard: observed neighbours agree on the left only.
+    n = 100
+    x = torch.full((n, 1, 16, 16), 0.5)
+    board = (torch.arange(16)[:, None] + torch.arange(16)[None, :]) % 2
+    x[..., 8:] = board[:, 8:].float()
+    m = MCAR(missing_rate=0.6, seed=5)(x)
+    fill = RoundZeroFill("interpolation", sigma=1.0, keep=0.5)
+    assert fill.random and not RoundZeroFill("interpolation").random
+    draws = torch.stack([fill(x, m, seed=s) for s in range(8)])
+    assert torch.equal(draws[:, m], x[m].expand(8, -1))  # observed entries exact in every draw
+    spread = draws.std(0)
+    left, right = spread[..., :5][~m[..., :5]], spread[..., 11:][~m[..., 11:]]  # beyond the kernel's reach of the middle
+    assert left.max() < 1e-6 and right.mean() > 0.05
+    assert torch.equal(fill(x, m, seed=3), draws[3])  # a draw is its seed's
+
+
+def test_a_fill_round_trips_through_its_state_and_old_files_read_as_the_noise_fill():
+    fill = RoundZeroFill("interpolation", sigma=0.4, noise=0.02, keep=0.7)
+    again = RoundZeroFill.from_state(fill.state())
+    assert (again.kind, again.sigma, again.noise, again.keep) == ("interpolation", 0.4, 0.02, 0.7)
+    old = RoundZeroFill.from_state({})
+    assert (old.kind, old.sigma, old.noise, old.keep, old.values) == ("noise", 1.0, 0.0, 1.0, None)

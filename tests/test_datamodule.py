@@ -44,7 +44,7 @@ def test_fill_sigma_sets_the_interpolation_width():
     assert torch.equal(wide.imputations, interpolation_fill(wide.truth, observed, sigma=1.0))
     assert not torch.equal(narrow.imputations, wide.imputations)
     wide.load_state_dict(narrow.state_dict())  # a resume with another width: round 0 was the checkpoint's
-    assert wide.fill_sigma == 0.4 and wide.state_dict()["fill_sigma"] == 0.4
+    assert wide.fill.sigma == 0.4 and wide.state_dict()["fill_sigma"] == 0.4
     with pytest.raises(ConfigError, match=r"data.fill_sigma must be > 0 \(pixels\), got 0"):
         make_dm(init_fill="interpolation", fill_sigma=0)
 
@@ -53,12 +53,12 @@ def test_fill_noise_auto_is_the_fills_own_error_and_is_kept_for_new_images():
     dm = make_dm(init_fill="interpolation", fill_noise="auto")
     missing = ~dm.masks
     true_error = float((interpolation_fill(dm.truth, dm.masks) - dm.truth)[missing].square().mean().sqrt())
-    assert isinstance(dm.fill_noise, float) and 0.7 * true_error < dm.fill_noise < 1.3 * true_error
+    assert isinstance(dm.fill.noise, float) and 0.7 * true_error < dm.fill.noise < 1.3 * true_error
     offsets = (dm.imputations - interpolation_fill(dm.truth, dm.masks))[missing]
     assert offsets.abs().max() > 0 and torch.equal(dm.imputations[dm.masks], dm.truth[dm.masks])
     resumed = make_dm(init_fill="interpolation")
     resumed.load_state_dict(dm.state_dict())
-    assert resumed.fill_noise == dm.fill_noise
+    assert resumed.fill.noise == dm.fill.noise and resumed.state_dict()["fill_noise"] == dm.fill.noise
     with pytest.raises(ConfigError, match="data.fill_noise must be >= 0"):
         make_dm(init_fill="interpolation", fill_noise=-0.1)
 

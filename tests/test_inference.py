@@ -8,10 +8,11 @@ import torch
 from PIL import Image
 
 from conftest import run_cli
-from miri_lightning.baselines import initial_fill, interpolation_fill
+from miri_lightning.baselines import interpolation_fill
 from miri_lightning.data.masks import MCAR
 from miri_lightning.data.sources import Shapes
 from miri_lightning.errors import DataError
+from miri_lightning.fills import RoundZeroFill
 from miri_lightning.impute_cli import export_main, main
 from miri_lightning.inference import MIRIImputer
 from miri_lightning.metrics import missing_rmse, psnr
@@ -82,8 +83,8 @@ def test_new_images_are_filled_as_the_training_run_filled_round_0(noisy_interpol
     run = noisy_interpolation_run
     images, masks = held_out
     full = masks.expand_as(images)
-    narrow = initial_fill(images, full, "interpolation", seed=0, sigma=0.4, noise=0.05)
-    assert not torch.equal(narrow, initial_fill(images, full, "interpolation", seed=0, sigma=0.4))
+    narrow = RoundZeroFill("interpolation", sigma=0.4, noise=0.05)(images, full, seed=0)
+    assert not torch.equal(narrow, RoundZeroFill("interpolation", sigma=0.4)(images, full, seed=0))
     imputer = MIRIImputer.load(run / "checkpoints" / "last.ckpt")
     assert torch.equal(imputer.initial_fill(images, full, seed=0), narrow)
     assert not torch.equal(imputer.initial_fill(images, full, seed=1), narrow)  # each draw its own noise

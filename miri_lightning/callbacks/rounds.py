@@ -25,7 +25,6 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from ..baselines import fill_is_random
 from ..data.datamodule import MaskedImageDataModule
 from ..errors import ConfigError
 from ..grids import imputation_grid, log_grid
@@ -122,8 +121,8 @@ class MIRIRounds(Callback):
         grid_images: images (columns) in the logged grid.
         grid_draws: fresh draws of the grid's images through the rounds so
             far, whose mean and spread (an uncertainty map) join the grid when
-            round 0's fill is random (`data.init_fill: noise` or
-            `data.fill_noise` > 0); 0 or 1 leaves them out.
+            round 0's fill is random (`data.init_fill: noise`,
+            `data.fill_noise` > 0 or `data.fill_keep` < 1); 0 or 1 leaves them out.
         metrics_max_images: metrics use the first this-many images (MMD is quadratic in it).
         mi_steps: training steps of the mask-information classifier (0 skips it, and `on_worse` with it).
             Fewer read subtle traces as none (`metrics.mask_information`).
@@ -286,10 +285,10 @@ class MIRIRounds(Callback):
 
     def _draws(self, pl_module: LightningModule, dm: MaskedImageDataModule, k: int) -> Optional[torch.Tensor]:
         """`grid_draws` fresh imputations of the first `k` images through rounds 1..t (on the CPU), or None."""
-        if self.grid_draws < 2 or not fill_is_random(dm.init_fill, dm.fill_noise):
+        if self.grid_draws < 2 or not dm.fill.random:
             return None
         imputer = MIRIImputer(pl_module.hparams.image_shape, pl_module.net_config, pl_module.round_weights,
-                              pl_module.solver, dm.init_fill, dm.fill_sigma, dm.fill_values, fill_noise=dm.fill_noise)
+                              pl_module.solver, dm.fill)
         return imputer.impute(dm.imputations[:k], dm.masks[:k], num_samples=self.grid_draws)
 
     def state_dict(self) -> dict:

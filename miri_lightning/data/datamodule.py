@@ -12,7 +12,8 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ..baselines import InitFill, fill_error, initial_fill, observed_mean, saved_fill
+from ..baselines import observed_mean
+from ..fills import InitFill, RoundZeroFill
 from ..errors import ConfigError, DataError
 from .checks import images_without_missing, images_without_observed, shorten
 from .masks import MCAR, MaskMechanism
@@ -128,6 +129,10 @@ class MaskedImageDataModule(LightningDataModule):
             root-mean-square error, measured on a tenth of the observed
             entries hidden from it (no ground truth needed); the value is
             kept in checkpoints, so new images get the same.
+        fill_keep: the share of observed entries each `interpolation` fill
+            reads, drawn afresh for every fill (1: all, a deterministic fill).
+            Below 1, an image's draws differ most where its observed
+            neighbours disagree.
         batch_size: training images per step on each device. An epoch is one
             round's training: `batches_per_epoch` batches (set by MIRIRounds
             from `rounds.steps`; one pass over the training images when unset).
@@ -155,6 +160,7 @@ class MaskedImageDataModule(LightningDataModule):
         init_fill: InitFill = "noise",
         fill_sigma: float = 1.0,
         fill_noise: Union[float, Literal["auto"]] = 0.0,
+        fill_keep: float = 1.0,
         val_fraction: float = 0.0,
         batch_size: int = 64,
         num_workers: int = 0,
@@ -173,12 +179,17 @@ class MaskedImageDataModule(LightningDataModule):
         if fill_noise and init_fill == "noise":
             raise ConfigError("data.fill_noise adds noise to the mean and interpolation fills; "
                               "init_fill noise is noise already: leave fill_noise at 0")
+        if not 0 < fill_keep <= 1:
+            raise ConfigError(f"data.fill_keep must be in (0, 1] (a share of the observed entries), got {fill_keep}")
+        if fill_keep < 1 and init_fill != "interpolation":
+            raise ConfigError(f"data.fill_keep thins the observed entries an interpolation reads; init_fill "
+                              f"{init_fill} reads none: leave fill_keep at 1")
         if not 0 <= val_fraction < 1:
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
         if num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
         self.source, self.mask = source, mask
-        self.init_fill, self.fill_sigma, self.fill_noise = init_fill, fill_sigma, fill_noise
+        self.init_fill, self.fill_sigma, self.fill_noise, self.fill_keep = init_fill, fill_sigma, fill_noise, fill_keep
         self.val_fraction = val_fraction
         self.batches_per_epoch: Optional[int] = None
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
@@ -187,7 +198,7 @@ class MaskedImageDataModule(LightningDataModule):
         self.store: Optional[MemmapStore] = None  # set when the state is memory-mapped
         self._batches: Optional[ImputationBatches] = None
         self.truth: Optional[torch.Tensor] = None
-        self.fill_values: Optional[torch.Tensor] = None
+        self.fill: Optional[RoundZeroFill] = None  # round 0's fill as used, set by setup() or a checkpoint
         self.masks: Optional[torch.Tensor] = None
         self.imputations: Optional[torch.Tensor] = None
         self.round = 0
@@ -214,13 +225,15 @@ class MaskedImageDataModule(LightningDataModule):
         self.val_indices, self.train_indices = self._split(len(images))
         # The masks never change after this: hash them once, not at every checkpoint.
         self.masks_sha1 = hashlib.sha1(self.masks.numpy().tobytes()).hexdigest()
-        self.fill_values = observed_mean(images, self.masks) if self.init_fill == "mean" else None
-        if self.fill_noise == "auto":  # the fill's own error, from observed entries hidden for the purpose
-            self.fill_noise = fill_error(images, self.masks, self.init_fill, self.seed, self.fill_sigma)
-            rank_zero_info(f"MIRI data: data.fill_noise auto: {self.fill_noise:.4f}, the {self.init_fill} fill's "
+        values = observed_mean(images, self.masks) if self.init_fill == "mean" else None
+        self.fill = RoundZeroFill(self.init_fill, self.fill_sigma, 0.0, self.fill_keep, values)
+        noise = self.fill_noise
+        if noise == "auto":  # the fill's own error, from observed entries hidden for the purpose
+            noise = self.fill.error(images, self.masks, self.seed)
+            rank_zero_info(f"MIRI data: data.fill_noise auto: {noise:.4f}, the {self.init_fill} fill's "
                            "error on observed entries hidden from it")
-        start = initial_fill(images, self.masks, self.init_fill, self.seed, self.fill_values, self.fill_sigma,
-                             self.fill_noise)
+        self.fill.noise = noise
+        start = self.fill(images, self.masks, self.seed)
         # Ground truth exists only where every missing entry was hidden by us.
         truth = images if loaded.masks is None else None
         processes = self.trainer.num_devices if self.trainer else 1
@@ -362,8 +375,7 @@ class MaskedImageDataModule(LightningDataModule):
     def state_dict(self) -> dict:
         """The current imputations (or, memory-mapped, the file that holds them) and the round."""
         # The fill goes along so that new images can later be filled the way round 0 was.
-        state = {"round": self.round, "masks_sha1": self.masks_sha1, "init_fill": self.init_fill,
-                 "fill_sigma": self.fill_sigma, "fill_noise": self.fill_noise, "fill_values": self.fill_values}
+        state = {"round": self.round, "masks_sha1": self.masks_sha1, **self.fill.state()}
         if self.store is None:
             return {**state, "imputations": self.imputations.clone()}
         return {**state, "state_dir": str(self.store.folder.parent.resolve()), "imputations_file": round_file(self.round)}
@@ -377,9 +389,7 @@ class MaskedImageDataModule(LightningDataModule):
         self.round = int(state["round"])
         # Round 0 was filled as the checkpoint says, whatever this run's config says; inference fills new
         # images from these.
-        fill = saved_fill(state)
-        self.init_fill, self.fill_sigma, self.fill_noise = fill["init_fill"], fill["fill_sigma"], fill["fill_noise"]
-        self.fill_values = fill["fill_values"]
+        self.fill = RoundZeroFill.from_state(state)
         saved = state.get("imputations")
         if saved is None:  # a memory-mapped run: this node's copy of the round's file
             node = self.trainer.node_rank if self.trainer else 0
