@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal, Optional, Union
 
@@ -226,13 +227,13 @@ class MaskedImageDataModule(LightningDataModule):
         # The masks never change after this: hash them once, not at every checkpoint.
         self.masks_sha1 = hashlib.sha1(self.masks.numpy().tobytes()).hexdigest()
         values = observed_mean(images, self.masks) if self.init_fill == "mean" else None
-        self.fill = RoundZeroFill(self.init_fill, self.fill_sigma, 0.0, self.fill_keep, values)
-        noise = self.fill_noise
-        if noise == "auto":  # the fill's own error, from observed entries hidden for the purpose
-            noise = self.fill.error(images, self.masks, self.seed)
-            rank_zero_info(f"MIRI data: data.fill_noise auto: {noise:.4f}, the {self.init_fill} fill's "
+        auto = self.fill_noise == "auto"
+        self.fill = RoundZeroFill(self.init_fill, self.fill_sigma, 0.0 if auto else self.fill_noise, self.fill_keep,
+                                  values)
+        if auto:  # the fill's own error, from observed entries hidden for the purpose
+            self.fill = replace(self.fill, noise=self.fill.error(images, self.masks, self.seed))
+            rank_zero_info(f"MIRI data: data.fill_noise auto: {self.fill.noise:.4f}, the {self.init_fill} fill's "
                            "error on observed entries hidden from it")
-        self.fill.noise = noise
         start = self.fill(images, self.masks, self.seed)
         # Ground truth exists only where every missing entry was hidden by us.
         truth = images if loaded.masks is None else None
