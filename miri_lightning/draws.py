@@ -8,7 +8,10 @@ samples), and their spread says which entries to trust.
 
 from __future__ import annotations
 
+import math
+
 import torch
+from scipy.stats import t as student_t
 
 from .errors import DataError
 
@@ -31,11 +34,28 @@ def draw_std(draws: torch.Tensor) -> torch.Tensor:
     return draws.std(0, unbiased=False)
 
 
+def _check_level(level: float) -> None:
+    if not 0 < level < 1:
+        raise DataError(f"the interval's level must be in (0, 1), got {level}")
+
+
+def prediction_interval(draws: torch.Tensor, level: float = 0.9) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per entry, where the truth lies with probability `level` if it is one more draw like the S others:
+    mean -+ t_{(1+level)/2, S-1} * std * sqrt(1 + 1/S) (Student's t prediction interval, exact for Gaussian
+    draws). The draws' own quantiles are too narrow for this when S is small: of 8 exact draws, the 5 % to
+    95 % quantiles hold a ninth only 72 % of the time (`tests/test_draws.py`)."""
+    _check(draws)
+    _check_level(level)
+    s = len(draws)
+    half = float(student_t.ppf((1 + level) / 2, s - 1)) * math.sqrt(1 + 1 / s) * draws.std(0, unbiased=True)
+    mean = draws.mean(0)
+    return mean - half, mean + half
+
+
 def central_interval(draws: torch.Tensor, level: float = 0.9) -> tuple[torch.Tensor, torch.Tensor]:
     """Per entry, the draws' quantiles (1 - level) / 2 and (1 + level) / 2 (linear interpolation)."""
     _check(draws)
-    if not 0 < level < 1:
-        raise DataError(f"the interval's level must be in (0, 1), got {level}")
+    _check_level(level)
     ordered = draws.sort(0).values  # (torch.quantile refuses inputs of more than 2**24 entries)
 
     def quantile(q: float) -> torch.Tensor:
@@ -50,14 +70,21 @@ def central_interval(draws: torch.Tensor, level: float = 0.9) -> tuple[torch.Ten
 def calibration(draws: torch.Tensor, masks: torch.Tensor, truth: torch.Tensor, level: float = 0.9) -> dict:
     """How well the spread predicts the error, over missing entries:
 
-    - `coverage`: the share of true values inside the draws' central `level` interval;
+    - `coverage`: the share of true values inside the draws' `level` prediction interval;
+    - `quantile_coverage`: the same inside the draws' own central quantiles (at most
+      about 72 % for a 90 % level with 8 draws, however good the draws);
     - `spread_error_correlation`: Pearson correlation between an entry's standard
       deviation over draws and the absolute error of the draws' mean.
     """
     missing = ~masks.bool().expand_as(truth)
-    low, high = central_interval(draws, level)
-    inside = (truth >= low) & (truth <= high)
+
+    def share_inside(interval: tuple[torch.Tensor, torch.Tensor]) -> float:
+        low, high = interval
+        return float(((truth >= low) & (truth <= high))[missing].float().mean())
+
     error = (draw_mean(draws, masks) - truth).abs()[missing]
     spread = draw_std(draws)[missing]
     correlation = torch.corrcoef(torch.stack([spread.double(), error.double()]))[0, 1]
-    return {"coverage": float(inside[missing].float().mean()), "spread_error_correlation": float(correlation)}
+    return {"coverage": share_inside(prediction_interval(draws, level)),
+            "quantile_coverage": share_inside(central_interval(draws, level)),
+            "spread_error_correlation": float(correlation)}

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from miri_lightning.draws import calibration, central_interval, draw_mean, draw_std
+from miri_lightning.draws import calibration, central_interval, draw_mean, draw_std, prediction_interval
 from miri_lightning.errors import DataError
 
 
@@ -25,18 +25,28 @@ def test_the_interval_is_the_draws_quantiles():
     assert torch.allclose(low, expected[0]) and torch.allclose(high, expected[1])
 
 
-def test_calibrated_draws_cover_their_level_and_their_spread_predicts_the_error():
+def test_the_prediction_interval_holds_a_new_draw_at_its_level():
+    draws = torch.randn(9, 4000, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+    low, high = prediction_interval(draws[:8], 0.9)
+    inside = ((draws[8] >= low) & (draws[8] <= high)).float().mean()
+    assert 0.89 < inside < 0.91
+    low, high = central_interval(draws[:8], 0.9)  # the quantiles of 8 draws: far too narrow for 90 %
+    assert 0.70 < ((draws[8] >= low) & (draws[8] <= high)).float().mean() < 0.75
+
+
+@pytest.mark.parametrize("num_draws", [8, 64])
+def test_calibrated_draws_cover_their_level_and_their_spread_predicts_the_error(num_draws):
     g = torch.Generator().manual_seed(2)
     scale = torch.rand(200, 1, 8, 8, generator=g).expand(-1, 3, -1, -1) * 0.2  # each pixel its own uncertainty
     centre = torch.full((200, 3, 8, 8), 0.5)
     truth = centre + scale * torch.randn(centre.shape, generator=g)
-    draws = centre + scale * torch.randn((64, *centre.shape), generator=g)  # the same distribution as the truth
+    draws = centre + scale * torch.randn((num_draws, *centre.shape), generator=g)  # distributed as the truth is
     masks = torch.zeros(200, 1, 8, 8, dtype=torch.bool)
     scores = calibration(draws, masks, truth, level=0.9)
-    assert 0.85 < scores["coverage"] < 0.95
-    assert scores["spread_error_correlation"] > 0.4
+    assert 0.87 < scores["coverage"] < 0.93
+    assert scores["spread_error_correlation"] > 0.3
     overconfident = calibration(centre + (draws - centre) * 0.3, masks, truth, level=0.9)
-    assert overconfident["coverage"] < 0.5
+    assert overconfident["coverage"] < 0.5 and overconfident["quantile_coverage"] < 0.5
 
 
 def test_one_draw_is_not_a_set_of_draws():
