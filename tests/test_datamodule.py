@@ -61,6 +61,10 @@ def test_fill_noise_auto_is_the_fills_own_error_and_is_kept_for_new_images():
     assert resumed.fill.noise == dm.fill.noise and resumed.state_dict()["fill_noise"] == dm.fill.noise
     with pytest.raises(ConfigError, match="data.fill_noise must be >= 0"):
         make_dm(init_fill="interpolation", fill_noise=-0.1)
+    half = make_dm(init_fill="interpolation", fill_noise="auto", fill_noise_scale=0.5)
+    assert half.fill.noise == pytest.approx(0.5 * dm.fill.noise, rel=1e-6)
+    offsets_half = (half.imputations - interpolation_fill(half.truth, half.masks))[missing]
+    assert 0.3 < float(offsets_half.std() / offsets.std()) < 0.7
 
 
 def test_same_seed_same_collection():

@@ -363,10 +363,11 @@ def test_a_checkpoint_from_before_the_format_was_recorded_still_resumes(referenc
     (["--data.init_fill", "noise", "--data.fill_noise", "0.1"], "data.fill_noise adds noise to the mean"),
     (["--data.init_fill", "mean", "--data.fill_keep", "0.5"], "data.fill_keep thins the observed entries"),
     (["--data.init_fill", "interpolation", "--data.fill_keep", "0"], "data.fill_keep must be in (0, 1]"),
+    (["--data.init_fill", "interpolation", "--data.fill_noise_scale", "0.5"], "data.fill_noise_scale scales what"),
     (["--data.mask.init_args.missing_rate", "1.5"], "data.mask.missing_rate (MCAR) must be in [0, 1), got 1.5"),
     (["--data.mask.init_args.missing_rate", "-0.1"], "data.mask.missing_rate (MCAR) must be in [0, 1), got -0.1"),
 ], ids=["unknown_key", "wrong_type", "wrong_type_nested", "bad_value", "min_steps_above_steps", "min_steps_without_held_out", "train_crop_odd",
-        "fill_noise_on_noise", "fill_keep_on_mean", "fill_keep_zero",
+        "fill_noise_on_noise", "fill_keep_on_mean", "fill_keep_zero", "fill_noise_scale_without_auto",
         "missing_rate_high", "missing_rate_negative"])
 def test_a_bad_config_is_one_short_line_naming_the_key(overrides, key, tmp_path):
     message = fails(tmp_path / "run", *overrides)

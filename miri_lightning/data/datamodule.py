@@ -128,8 +128,13 @@ class MaskedImageDataModule(LightningDataModule):
             The solve is deterministic, so without it every draw of an image
             (multiple imputation) is the same image. `auto`: the fill's own
             root-mean-square error, measured on a tenth of the observed
-            entries hidden from it (no ground truth needed); the value is
-            kept in checkpoints, so new images get the same.
+            entries hidden from it (no ground truth needed), times
+            `fill_noise_scale`; the value is kept in checkpoints, so new
+            images get the same.
+        fill_noise_scale: the multiple of the fill's error that `fill_noise:
+            auto` adds: at 1 the noise alone is as wide as the error, and
+            the mask information of the collection rises with it
+            (docs/2026-12-02-multiple-imputation.md).
         fill_keep: the share of observed entries each `interpolation` fill
             reads, drawn afresh for every fill (1: all, a deterministic fill).
             Below 1, an image's draws differ most where its observed
@@ -161,6 +166,7 @@ class MaskedImageDataModule(LightningDataModule):
         init_fill: InitFill = "noise",
         fill_sigma: float = 1.0,
         fill_noise: Union[float, Literal["auto"]] = 0.0,
+        fill_noise_scale: float = 1.0,
         fill_keep: float = 1.0,
         val_fraction: float = 0.0,
         batch_size: int = 64,
@@ -177,6 +183,12 @@ class MaskedImageDataModule(LightningDataModule):
             raise ConfigError(f"data.fill_sigma must be > 0 (pixels), got {fill_sigma}")
         if fill_noise != "auto" and not fill_noise >= 0:
             raise ConfigError(f"data.fill_noise must be >= 0 (a standard deviation), got {fill_noise}")
+        if not fill_noise_scale > 0:
+            raise ConfigError(f"data.fill_noise_scale must be > 0 (a multiple of the fill's error), "
+                              f"got {fill_noise_scale}")
+        if fill_noise_scale != 1 and fill_noise != "auto":
+            raise ConfigError(f"data.fill_noise_scale scales what fill_noise auto measures; fill_noise is "
+                              f"{fill_noise}: set fill_noise to auto or leave fill_noise_scale at 1")
         if fill_noise and init_fill == "noise":
             raise ConfigError("data.fill_noise adds noise to the mean and interpolation fills; "
                               "init_fill noise is noise already: leave fill_noise at 0")
@@ -190,7 +202,8 @@ class MaskedImageDataModule(LightningDataModule):
         if num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
         self.source, self.mask = source, mask
-        self.init_fill, self.fill_sigma, self.fill_noise, self.fill_keep = init_fill, fill_sigma, fill_noise, fill_keep
+        self.init_fill, self.fill_sigma, self.fill_keep = init_fill, fill_sigma, fill_keep
+        self.fill_noise, self.fill_noise_scale = fill_noise, fill_noise_scale
         self.val_fraction = val_fraction
         self.batches_per_epoch: Optional[int] = None
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
@@ -231,9 +244,10 @@ class MaskedImageDataModule(LightningDataModule):
         self.fill = RoundZeroFill(self.init_fill, self.fill_sigma, 0.0 if auto else self.fill_noise, self.fill_keep,
                                   values)
         if auto:  # the fill's own error, from observed entries hidden for the purpose
-            self.fill = replace(self.fill, noise=self.fill.error(images, self.masks, self.seed))
-            rank_zero_info(f"MIRI data: data.fill_noise auto: {self.fill.noise:.4f}, the {self.init_fill} fill's "
-                           "error on observed entries hidden from it")
+            error = self.fill.error(images, self.masks, self.seed)
+            self.fill = replace(self.fill, noise=self.fill_noise_scale * error)
+            rank_zero_info(f"MIRI data: data.fill_noise auto: {self.fill.noise:.4f}, {self.fill_noise_scale:g} x the "
+                           f"{self.init_fill} fill's error on observed entries hidden from it")
         start = self.fill(images, self.masks, self.seed)
         # Ground truth exists only where every missing entry was hidden by us.
         truth = images if loaded.masks is None else None
