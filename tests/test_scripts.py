@@ -121,3 +121,16 @@ def test_rescore_rounds_gives_a_run_its_own_figures_back_and_more_mask_informati
     for mine, theirs in zip(rescored, logged):
         for key in ("mmd", "psnr", "ssim", "mutual_information"):
             assert mine[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-9), (mine["round"], key)
+
+
+def test_bench_scale_reports_peak_memory_and_times_of_every_rank(tmp_path):
+    out = tmp_path / "scale.json"
+    script("bench_scale.py", "--images", 64, "--size", 8, "--processes", 1, "--steps", 2,
+           "--workdir", tmp_path / "work", "--out", out)
+    result = json.loads(out.read_text())
+    ranks = result["runs"]["1"]["ranks"]
+    assert [r["rank"] for r in ranks] == [0]
+    for rank in ranks:
+        assert rank["peak_rss_gb"]["setup"] > 0 and rank["peak_rss_gb"]["impute"] > 0
+        assert all(rank["seconds"][stage] > 0 for stage in ("setup", "train", "impute"))
+    assert result["machine"]["memory_gb"] > 0 and result["machine"]["cpus"] >= 1
