@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from conftest import run_cli
@@ -113,6 +114,32 @@ def test_draws_differ_with_a_noisy_fill_and_a_deterministic_fill_refuses_several
     assert imputer.impute(images, masks).shape == images.shape  # one draw is fine
     with pytest.raises(DataError, match="every draw would be the same image.*data.fill_noise"):
         imputer.impute(images, masks, num_samples=2)
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_every_shipped_config_fills_round_0_at_random_and_keeps_observed_entries(config, held_out):
+    data = yaml.safe_load(config.read_text())["data"]
+    fill = RoundZeroFill(data.get("init_fill", "noise"), data.get("fill_sigma", 1.0), data.get("fill_noise", 0.0),
+                         data.get("fill_keep", 1.0))
+    images, masks = held_out
+    full = masks.expand_as(images)
+    first, second = fill(images, full, seed=0), fill(images, full, seed=1)
+    assert torch.equal(first[full], images[full]) and torch.equal(second[full], images[full])
+    assert (first - second)[~full].abs().max() > 0.01, f"{config.name}: every draw of an image would be the same"
+
+
+def test_draws_differ_with_the_thinned_interpolation(tmp_path, held_out):
+    run = run_cli(tmp_path / "thinned", "--rounds.num_rounds", "1", "--rounds.steps", "4",
+                  "--data.init_fill", "interpolation", "--data.fill_keep", "0.7")
+    images, masks = held_out
+    full = masks.expand_as(images)
+    draws = MIRIImputer.load(run / "checkpoints" / "last.ckpt").impute(images, masks, num_samples=3)
+    for draw in draws:
+        assert torch.equal(draw[full], images[full])
+    assert (draws[0] - draws[1])[~full].abs().max() > 0.01 and (draws[1] - draws[2])[~full].abs().max() > 0.01
 
 
 def write_pngs(folder: Path, images, masks=None, alpha=False) -> None:
