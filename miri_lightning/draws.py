@@ -52,6 +52,37 @@ def prediction_interval(draws: torch.Tensor, level: float = 0.9) -> tuple[torch.
     return mean - half, mean + half
 
 
+def spread_floor(draws: torch.Tensor, masks: torch.Tensor) -> float:
+    """The mean standard deviation over the missing entries: added to every entry's spread in a calibrated
+    interval, since an entry whose draws all agree can still be wrong."""
+    return float(draw_std(draws)[~masks.bool().expand_as(draws[0])].mean())
+
+
+def conformal_scale(draws: torch.Tensor, masks: torch.Tensor, truth: torch.Tensor, scored: torch.Tensor,
+                    level: float = 0.9) -> float:
+    """Split conformal calibration: the multiple q of (std + floor) that holds the truth of the `scored`
+    entries (missing in `masks`, known to the caller: observed entries hidden for the purpose) at `level`,
+    with the finite-sample correction; `calibrated_interval` then holds a new missing entry at `level`
+    when missing and hidden entries are alike (MCAR)."""
+    _check(draws)
+    _check_level(level)
+    scored = scored.bool().expand_as(truth) & ~masks.bool().expand_as(truth)
+    if not scored.any():
+        raise DataError("conformal calibration needs scored entries that the masks call missing")
+    score = ((truth - draws.mean(0)).abs() / (draw_std(draws) + spread_floor(draws, masks)))[scored]
+    n = score.numel()
+    rank = min(math.ceil((n + 1) * level), n)
+    return float(score.double().kthvalue(rank).values)
+
+
+def calibrated_interval(draws: torch.Tensor, masks: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """mean -+ scale * (std + floor), clipped to [0, 1]; `scale` from `conformal_scale` (`MIRIImputer.calibrate`)."""
+    _check(draws)
+    half = scale * (draw_std(draws) + spread_floor(draws, masks))
+    mean = draws.mean(0)
+    return (mean - half).clamp(0, 1), (mean + half).clamp(0, 1)
+
+
 def central_interval(draws: torch.Tensor, level: float = 0.9) -> tuple[torch.Tensor, torch.Tensor]:
     """Per entry, the draws' quantiles (1 - level) / 2 and (1 + level) / 2 (linear interpolation)."""
     _check(draws)

@@ -20,6 +20,8 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
+from .baselines import seed_stream
+from .draws import conformal_scale
 from .fills import RoundZeroFill
 from .checkpoints import miri_state, read_checkpoint
 from .data.checks import check_binary, images_without_observed
@@ -148,6 +150,27 @@ class MIRIImputer:
                    for s in range(num_samples)]
         bar.close()
         return samples[0] if num_samples == 1 else torch.stack(samples)
+
+    def calibrate(self, images: torch.Tensor, masks: torch.Tensor, num_samples: int = 8, share: float = 0.1,
+                  level: float = 0.9, seed: int = 0, **impute_args) -> float:
+        """The scale that makes `draws.calibrated_interval` hold the truth at `level`, without ground truth:
+        a `share` of the observed entries is hidden, drawn `num_samples` times and compared with what was
+        there (split conformal). The draws' own spread is too narrow for that (docs/2026-12-02-multiple-imputation.md)."""
+        if not 0 < share < 1:
+            raise DataError(f"the share of observed entries to hide must be in (0, 1), got {share}")
+        full = self.check(images, masks)
+        # Hide as entries went missing: whole pixels where the masks are shared by the channels (a pixel with
+        # one channel hidden is a pattern the velocity never trained on, and its errors are not the others').
+        shared = bool((full == full[:, :1]).all())
+        draw = torch.rand((*full.shape[:1], 1, *full.shape[2:]) if shared else full.shape,
+                          generator=seed_stream(seed, 0xCA11))
+        hidden = full & (draw < share).expand_as(full)
+        kept = full & ~hidden
+        empty = images_without_observed(kept)
+        if empty:
+            raise DataError(f"hiding {share:g} of the observed entries leaves images {empty[:10]} with none")
+        draws = self.impute(images, kept, seed=seed, num_samples=num_samples, **impute_args)
+        return conformal_scale(draws, kept, images.float(), hidden, level)
 
     def _chain(self, z: torch.Tensor, masks: torch.Tensor, solver: SolverConfig, batch_size: int, bar) -> torch.Tensor:
         """Apply v_1 ... v_T in order, each to the whole set."""

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from miri_lightning.draws import calibration, central_interval, draw_mean, draw_std, prediction_interval
+from miri_lightning.draws import (calibrated_interval, calibration, central_interval, conformal_scale, draw_mean, draw_std,
+                                  prediction_interval)
 from miri_lightning.errors import DataError
 
 
@@ -52,3 +53,20 @@ def test_calibrated_draws_cover_their_level_and_their_spread_predicts_the_error(
 def test_one_draw_is_not_a_set_of_draws():
     with pytest.raises(DataError, match="S >= 2"):
         draw_mean(torch.rand(1, 2, 3, 4, 4), torch.ones(2, 1, 4, 4, dtype=torch.bool))
+
+
+def test_conformal_calibration_on_some_entries_makes_overconfident_draws_cover_the_others():
+    g = torch.Generator().manual_seed(4)
+    scale = torch.rand(400, 1, 8, 8, generator=g) * 0.2
+    truth = 0.5 + scale * torch.randn(400, 1, 8, 8, generator=g)
+    draws = 0.5 + 0.3 * scale * torch.randn((8, 400, 1, 8, 8), generator=g)  # a third of the true spread
+    masks = torch.zeros(400, 1, 8, 8, dtype=torch.bool)
+    scored = torch.zeros_like(masks)
+    scored[:200] = True  # calibrate on half the images, check on the other half
+    q = conformal_scale(draws, masks, truth, scored, level=0.9)
+    low, high = calibrated_interval(draws[:, 200:], masks[200:], q)
+    inside = ((truth[200:] >= low) & (truth[200:] <= high)).float().mean()
+    assert q > 1 and 0.87 < inside < 0.93
+    assert calibration(draws[:, 200:], masks[200:], truth[200:])["coverage"] < 0.6
+    with pytest.raises(DataError, match="scored entries"):
+        conformal_scale(draws, torch.ones_like(masks), truth, scored)

@@ -131,6 +131,15 @@ def test_every_shipped_config_fills_round_0_at_random_and_keeps_observed_entries
     assert (first - second)[~full].abs().max() > 0.01, f"{config.name}: every draw of an image would be the same"
 
 
+def test_calibration_hides_observed_entries_and_scales_the_interval(noisy_interpolation_run, held_out):
+    imputer = MIRIImputer.load(noisy_interpolation_run / "checkpoints" / "last.ckpt")
+    images, masks = held_out
+    scale = imputer.calibrate(images, masks, num_samples=3, share=0.2)
+    assert scale > 0 and scale == imputer.calibrate(images, masks, num_samples=3, share=0.2)  # seeded
+    with pytest.raises(DataError, match="share of observed entries to hide"):
+        imputer.calibrate(images, masks, share=1.0)
+
+
 def test_draws_differ_with_the_thinned_interpolation(tmp_path, held_out):
     run = run_cli(tmp_path / "thinned", "--rounds.num_rounds", "1", "--rounds.steps", "4",
                   "--data.init_fill", "interpolation", "--data.fill_keep", "0.7")
