@@ -52,10 +52,18 @@ def prediction_interval(draws: torch.Tensor, level: float = 0.9) -> tuple[torch.
     return mean - half, mean + half
 
 
-def spread_floor(draws: torch.Tensor, masks: torch.Tensor) -> float:
-    """The mean standard deviation over the missing entries: added to every entry's spread in a calibrated
-    interval, since an entry whose draws all agree can still be wrong."""
-    return float(draw_std(draws)[~masks.bool().expand_as(draws[0])].mean())
+def _widened_spread(draws: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Each entry's standard deviation plus their mean over the missing entries: an entry whose draws all
+    agree can still be wrong, so a calibrated interval is never empty there."""
+    std = draw_std(draws)
+    return std + std[~masks.bool().expand_as(std)].mean()
+
+
+def interval_coverage(interval: tuple[torch.Tensor, torch.Tensor], truth: torch.Tensor,
+                      missing: torch.Tensor) -> float:
+    """The share of the `missing` entries whose true value lies inside `interval` (low, high)."""
+    low, high = interval
+    return float(((truth >= low) & (truth <= high))[missing].float().mean())
 
 
 def conformal_scale(draws: torch.Tensor, masks: torch.Tensor, truth: torch.Tensor, scored: torch.Tensor,
@@ -69,7 +77,7 @@ def conformal_scale(draws: torch.Tensor, masks: torch.Tensor, truth: torch.Tenso
     scored = scored.bool().expand_as(truth) & ~masks.bool().expand_as(truth)
     if not scored.any():
         raise DataError("conformal calibration needs scored entries that the masks call missing")
-    score = ((truth - draws.mean(0)).abs() / (draw_std(draws) + spread_floor(draws, masks)))[scored]
+    score = ((truth - draws.mean(0)).abs() / _widened_spread(draws, masks))[scored]
     n = score.numel()
     rank = min(math.ceil((n + 1) * level), n)
     return float(score.double().kthvalue(rank).values)
@@ -78,7 +86,7 @@ def conformal_scale(draws: torch.Tensor, masks: torch.Tensor, truth: torch.Tenso
 def calibrated_interval(draws: torch.Tensor, masks: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """mean -+ scale * (std + floor), clipped to [0, 1]; `scale` from `conformal_scale` (`MIRIImputer.calibrate`)."""
     _check(draws)
-    half = scale * (draw_std(draws) + spread_floor(draws, masks))
+    half = scale * _widened_spread(draws, masks)
     mean = draws.mean(0)
     return (mean - half).clamp(0, 1), (mean + half).clamp(0, 1)
 
@@ -108,14 +116,9 @@ def calibration(draws: torch.Tensor, masks: torch.Tensor, truth: torch.Tensor, l
       deviation over draws and the absolute error of the draws' mean.
     """
     missing = ~masks.bool().expand_as(truth)
-
-    def share_inside(interval: tuple[torch.Tensor, torch.Tensor]) -> float:
-        low, high = interval
-        return float(((truth >= low) & (truth <= high))[missing].float().mean())
-
     error = (draw_mean(draws, masks) - truth).abs()[missing]
     spread = draw_std(draws)[missing]
     correlation = torch.corrcoef(torch.stack([spread.double(), error.double()]))[0, 1]
-    return {"coverage": share_inside(prediction_interval(draws, level)),
-            "quantile_coverage": share_inside(central_interval(draws, level)),
+    return {"coverage": interval_coverage(prediction_interval(draws, level), truth, missing),
+            "quantile_coverage": interval_coverage(central_interval(draws, level), truth, missing),
             "spread_error_correlation": float(correlation)}

@@ -22,14 +22,13 @@ import torch
 
 from miri_lightning.data.masks import MCAR
 from miri_lightning.data.sources import NpzImages
-from miri_lightning.draws import calibrated_interval, central_interval, prediction_interval
+from miri_lightning.draws import calibrated_interval, central_interval, interval_coverage, prediction_interval
 from miri_lightning.inference import MIRIImputer
 
 
 def share_inside(interval, truth, missing) -> dict:
     low, high = interval
-    return {"coverage": float(((truth >= low) & (truth <= high))[missing].float().mean()),
-            "mean_width": float((high - low)[missing].mean())}
+    return {"coverage": interval_coverage(interval, truth, missing), "mean_width": float((high - low)[missing].mean())}
 
 
 def main() -> None:

@@ -10,10 +10,10 @@ of its own error (what `data.fill_noise: auto` measures), and reading a
 random share of the observed entries (`data.fill_keep`). For each: one fill's
 MMD, PSNR over missing entries and mask information (1,000 classifier steps,
 mean of 3 seeds), and over K fills with seeds 0..K-1 the PSNR of their mean,
-the share of true missing values inside their 90 % prediction interval (and inside their own
-5 % to 95 % quantiles), and the
-correlation between an entry's spread and the mean's error. Prints a
-Markdown table; `--out` also writes the rows as JSON.
+the share of true missing values inside their 90 % prediction interval (and
+inside their own 5 % to 95 % quantiles), and the correlation between an
+entry's spread and the mean's error. Prints a Markdown table; `--out` also
+writes the rows as JSON.
 """
 
 from __future__ import annotations
