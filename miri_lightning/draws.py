@@ -84,11 +84,13 @@ def conformal_scale(draws: torch.Tensor, masks: torch.Tensor, truth: torch.Tenso
 
 
 def calibrated_interval(draws: torch.Tensor, masks: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """mean -+ scale * (std + floor), clipped to [0, 1]; `scale` from `conformal_scale` (`MIRIImputer.calibrate`)."""
+    """mean -+ scale * (std + floor), clipped to [0, 1]; `scale` from `conformal_scale` (`MIRIImputer.calibrate`).
+    Observed entries are known: their interval is the data alone, low = high = the value, bit for bit."""
     _check(draws)
-    half = scale * _widened_spread(draws, masks)
-    mean = draws.mean(0)
-    return (mean - half).clamp(0, 1), (mean + half).clamp(0, 1)
+    observed = masks.bool().expand_as(draws[0])
+    half = torch.where(observed, 0.0, scale * _widened_spread(draws, masks))
+    mean = draw_mean(draws, masks)
+    return torch.where(observed, mean, (mean - half).clamp(0, 1)), torch.where(observed, mean, (mean + half).clamp(0, 1))
 
 
 def central_interval(draws: torch.Tensor, level: float = 0.9) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,12 +108,16 @@ def central_interval(draws: torch.Tensor, level: float = 0.9) -> tuple[torch.Ten
     return quantile((1 - level) / 2), quantile((1 + level) / 2)
 
 
-def calibration(draws: torch.Tensor, masks: torch.Tensor, truth: torch.Tensor, level: float = 0.9) -> dict:
+def calibration(draws: torch.Tensor, masks: torch.Tensor, truth: torch.Tensor, level: float = 0.9,
+                scale: float | None = None) -> dict:
     """How well the spread predicts the error, over missing entries:
 
-    - `coverage`: the share of true values inside the draws' `level` prediction interval;
+    - `coverage`, `width`: the share of true values inside the draws' `level` prediction
+      interval, and the interval's mean width;
     - `quantile_coverage`: the same inside the draws' own central quantiles (at most
       about 72 % for a 90 % level with 8 draws, however good the draws);
+    - with `scale` (`MIRIImputer.calibrate` at the same level): `calibrated_coverage`
+      and `calibrated_width`, of `calibrated_interval`;
     - `spread_error_correlation`: Pearson correlation between an entry's standard
       deviation over draws and the absolute error of the draws' mean.
     """
@@ -119,6 +125,13 @@ def calibration(draws: torch.Tensor, masks: torch.Tensor, truth: torch.Tensor, l
     error = (draw_mean(draws, masks) - truth).abs()[missing]
     spread = draw_std(draws)[missing]
     correlation = torch.corrcoef(torch.stack([spread.double(), error.double()]))[0, 1]
-    return {"coverage": interval_coverage(prediction_interval(draws, level), truth, missing),
-            "quantile_coverage": interval_coverage(central_interval(draws, level), truth, missing),
-            "spread_error_correlation": float(correlation)}
+    scores = {"quantile_coverage": interval_coverage(central_interval(draws, level), truth, missing),
+              "spread_error_correlation": float(correlation)}
+    intervals = {"": prediction_interval(draws, level)}
+    if scale is not None:
+        intervals["calibrated_"] = calibrated_interval(draws, masks, scale)
+        scores["scale"] = scale
+    for prefix, (low, high) in intervals.items():
+        scores[prefix + "coverage"] = interval_coverage((low, high), truth, missing)
+        scores[prefix + "width"] = float((high - low)[missing].mean())
+    return scores

@@ -3,13 +3,14 @@
     python scripts/bench_calibration.py --ckpt RUN/checkpoints/last.ckpt --npz ../shared/data/cifar10_uint8.npz
 
 Rebuilds the run's collection (the first `--num-images` images of the file,
-MCAR 60 % with `--mask-seed`, as `scripts/benchmark.py` masks them), takes
-the first `--subset` images, and draws them `--draws` times. Prints, over
-their missing entries, the share of true values inside the draws' own 5 %
-to 95 % quantiles, inside the Student-t prediction interval, and inside the
+MCAR 60 % with `--mask-seed`, as `scripts/benchmark.py` masks them) and
+draws its first `--subset` images `--draws` times. Prints, over their
+missing entries, the share of true values inside the draws' own 5 % to
+95 % quantiles, inside the Student-t prediction interval, and inside the
 interval `MIRIImputer.calibrate` scales without ground truth (hiding
-`--share` of the observed entries and drawing them), with the intervals'
-mean widths, as JSON.
+`--share` of the observed entries of the first `--calibration-images`
+images and drawing them), with the intervals' mean widths, as JSON
+(`draws.calibration`).
 """
 
 from __future__ import annotations
@@ -18,17 +19,10 @@ import argparse
 import json
 import time
 
-import torch
-
 from miri_lightning.data.masks import MCAR
 from miri_lightning.data.sources import NpzImages
-from miri_lightning.draws import calibrated_interval, central_interval, interval_coverage, prediction_interval
+from miri_lightning.draws import calibration
 from miri_lightning.inference import MIRIImputer
-
-
-def share_inside(interval, truth, missing) -> dict:
-    low, high = interval
-    return {"coverage": interval_coverage(interval, truth, missing), "mean_width": float((high - low)[missing].mean())}
 
 
 def main() -> None:
@@ -36,7 +30,9 @@ def main() -> None:
     p.add_argument("--ckpt", required=True)
     p.add_argument("--npz", required=True)
     p.add_argument("--num-images", type=int, default=1000, help="the run's collection: the file's first N images")
-    p.add_argument("--subset", type=int, default=250, help="images of the collection to draw")
+    p.add_argument("--subset", type=int, default=250, help="images of the collection whose draws are scored")
+    p.add_argument("--calibration-images", type=int,
+                   help="images of the collection the scale is calibrated on (default: --subset)")
     p.add_argument("--mask-seed", type=int, default=1)
     p.add_argument("--per-channel", action="store_true", help="each channel missing on its own (mcar60c)")
     p.add_argument("--draws", type=int, default=8)
@@ -45,17 +41,14 @@ def main() -> None:
     args = p.parse_args()
     images = NpzImages(args.npz, num_images=args.num_images).load().images.float()
     masks = MCAR(0.6, per_channel=args.per_channel, seed=args.mask_seed)(images)
-    images, masks = images[: args.subset], masks[: args.subset]
     imputer = MIRIImputer.load(args.ckpt, precision=args.precision)
     start = time.perf_counter()
-    scale = imputer.calibrate(images, masks, num_samples=args.draws, share=args.share, seed=1000)
+    first = args.calibration_images or args.subset
+    scale = imputer.calibrate(images[:first], masks[:first], num_samples=args.draws, share=args.share, seed=1000)
+    images, masks = images[: args.subset], masks[: args.subset]
     draws = imputer.impute(images, masks, num_samples=args.draws, seed=0)
-    missing = ~masks.expand_as(images)
-    print(json.dumps({"args": vars(args), "scale": scale, "seconds": time.perf_counter() - start,
-                      "quantiles": share_inside(central_interval(draws, 0.9), images, missing),
-                      "prediction": share_inside(prediction_interval(draws, 0.9), images, missing),
-                      "calibrated": share_inside(calibrated_interval(draws, masks, scale), images, missing)},
-                     indent=1))
+    print(json.dumps({"args": vars(args), "seconds": time.perf_counter() - start,
+                      **calibration(draws, masks, images, level=0.9, scale=scale)}, indent=1))
 
 
 if __name__ == "__main__":

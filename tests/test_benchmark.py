@@ -204,7 +204,7 @@ def test_without_matplotlib_everything_but_the_plot_is_written(tmp_path, bench, 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
     run_main(bench, monkeypatch, "--npz", npz, "--num-images", 40, "--masks", "mcar60c", "--seeds", 1,
              "--mi-steps", 10, "--mi-seeds", 1, "--config", ROOT / "configs" / "quickstart.yaml", "--out", out,
-             "--draws", 3, "--", *TINY_MIRI)
+             "--draws", 3, "--calibration-images", 20, "--", *TINY_MIRI)
     printed = capsys.readouterr().out
     assert printed.splitlines()[0] == bench.MATPLOTLIB_MISSING  # said at the start, before any work
     assert "pip install -e '.[bench]'" in printed
@@ -222,6 +222,9 @@ def test_without_matplotlib_everything_but_the_plot_is_written(tmp_path, bench, 
     draws = entry["draws"]
     assert draws["draws"] == 3 and 0 <= draws["coverage"] <= 1 and -1 <= draws["spread_error_correlation"] <= 1
     assert draws["mean_psnr"] > draws["one_draw_psnr"]  # averaging draws cancels part of their error
+    # calibrated on the first 20 images: the interval is the draws' spread times the scale, whatever its width
+    assert draws["scale"] > 0 and 0 <= draws["calibrated_coverage"] <= 1
+    assert f"({draws['calibrated_width']:.3f}; {draws['scale']:.2f})" in table
     assert "Multiple imputation (3 draws" in table
     # MIRI trained on per-channel masks too: the run's saved masks (N, H, W, C) differ between channels
     run_masks = np.load(out / "runs" / "mcar60c_seed1" / "imputations.npz")["masks"]

@@ -67,6 +67,9 @@ def test_conformal_calibration_on_some_entries_makes_overconfident_draws_cover_t
     low, high = calibrated_interval(draws[:, 200:], masks[200:], q)
     inside = ((truth[200:] >= low) & (truth[200:] <= high)).float().mean()
     assert q > 1 and 0.87 < inside < 0.93
-    assert calibration(draws[:, 200:], masks[200:], truth[200:])["coverage"] < 0.6
+    scores = calibration(draws[:, 200:], masks[200:], truth[200:], scale=q)
+    assert scores["coverage"] < 0.6 and scores["calibrated_coverage"] == pytest.approx(float(inside))
+    assert scores["calibrated_width"] == pytest.approx(float((high - low).mean()))
+    assert scores["calibrated_width"] > scores["width"]  # the prediction interval was too narrow
     with pytest.raises(DataError, match="scored entries"):
         conformal_scale(draws, torch.ones_like(masks), truth, scored)

@@ -12,6 +12,7 @@ from conftest import run_cli
 from miri_lightning.baselines import interpolation_fill
 from miri_lightning.data.masks import MCAR
 from miri_lightning.data.sources import Shapes
+from miri_lightning.draws import calibrated_interval
 from miri_lightning.errors import DataError
 from miri_lightning.fills import RoundZeroFill
 from miri_lightning.impute_cli import export_main, main
@@ -217,6 +218,31 @@ def test_cli_writes_the_mean_of_the_draws_and_their_spread(ckpt, held_out, tmp_p
     assert np.asarray(Image.open(tmp_path / "sbs" / "img00.png")).shape == (16, 48, 3)  # input | mean | spread
 
 
+def test_cli_writes_the_calibrated_interval_the_api_gives(noisy_interpolation_run, held_out, tmp_path, capsys):
+    ckpt = noisy_interpolation_run / "checkpoints" / "last.ckpt"
+    images, masks = held_out
+    imputer = MIRIImputer.load(ckpt)
+    draws = imputer.impute(images, masks, seed=2, num_samples=3)
+    scale = imputer.calibrate(images, masks, num_samples=3, share=0.2, level=0.8, seed=5)  # the seeds after the draws'
+    low, high = calibrated_interval(draws, masks, scale)
+    np.savez(tmp_path / "in.npz", images=images.permute(0, 2, 3, 1).numpy(),
+             masks=masks.permute(0, 2, 3, 1).numpy().astype(np.uint8))
+    main([str(ckpt), "--npz", str(tmp_path / "in.npz"), "--out", str(tmp_path / "out.npz"), "--seed", "2",
+          "--num-samples", "3", "--interval", "0.8", "--calibration-share", "0.2"])
+    assert f"80% intervals: the draws' spread (+ its mean) times {scale:.3g}" in capsys.readouterr().out
+    with np.load(tmp_path / "out.npz") as f:
+        written = [torch.from_numpy(f[k]).permute(0, 3, 1, 2) for k in ("low", "high")]
+    assert torch.equal(written[0], low) and torch.equal(written[1], high)
+    full, mean = masks.expand_as(images), draws.mean(0)
+    assert torch.equal(low[full], images[full]) and torch.equal(high[full], images[full])  # observed: the data
+    assert (low <= mean + 1e-6).all() and (high >= mean - 1e-6).all() and (high - low)[~full].min() > 0
+    write_pngs(tmp_path / "rgba", images, masks, alpha=True)
+    main([str(ckpt), "--images", str(tmp_path / "rgba"), "--out", str(tmp_path / "pngs"), "--num-samples", "2",
+          "--interval", "0.9"])
+    pictures = [np.asarray(Image.open(tmp_path / "pngs" / f"img00_{k}.png")).astype(int) for k in ("low", "high")]
+    assert pictures[0].shape == (16, 16, 3) and (pictures[0] <= pictures[1]).all() and (pictures[0] < pictures[1]).any()
+
+
 def test_a_run_draws_its_own_collection_again(ckpt, tmp_path):
     run = ckpt.parent.parent
     main([str(ckpt), "--npz", str(run / "imputations.npz"), "--num-samples", "2", "--out", str(tmp_path / "d.npz")])
@@ -298,8 +324,16 @@ def test_cli_refuses_counts_below_one(flag, ckpt, tmp_path, capsys):
     assert not (tmp_path / "out.npz").exists()
 
 
-@pytest.mark.parametrize("flag", ["--mean", "--uncertainty"])
+@pytest.mark.parametrize("flag", [["--mean"], ["--uncertainty"], ["--interval", "0.9"]])
 def test_cli_summaries_need_several_draws(flag, ckpt, tmp_path, capsys):
     np.savez(tmp_path / "in.npz", images=np.zeros((1, 16, 16, 3)), masks=np.ones((1, 16, 16)))
-    message = bad_run(capsys, ckpt, "--npz", tmp_path / "in.npz", "--out", tmp_path / "out.npz", flag)
+    message = bad_run(capsys, ckpt, "--npz", tmp_path / "in.npz", "--out", tmp_path / "out.npz", *flag)
     assert "--num-samples 2 or more" in message and not (tmp_path / "out.npz").exists()
+
+
+@pytest.mark.parametrize("flag", ["--interval", "--calibration-share"])
+def test_cli_refuses_an_interval_level_or_share_outside_0_1(flag, ckpt, tmp_path, capsys):
+    np.savez(tmp_path / "in.npz", images=np.zeros((1, 16, 16, 3)), masks=np.ones((1, 16, 16)))
+    message = bad_run(capsys, ckpt, "--npz", tmp_path / "in.npz", "--out", tmp_path / "out.npz", "--num-samples", 2,
+                      flag, "1.5")
+    assert f"{flag} must lie strictly between 0 and 1, got 1.5" in message and not (tmp_path / "out.npz").exists()
