@@ -5,9 +5,10 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from conftest import ROOT, TINY, read_rounds, run_cli
+from conftest import ROOT, TINY, read_imputations, read_rounds, run_cli
 
 # TINY without its config: the scripts name their own.
 OVERRIDES = TINY[2:]
@@ -134,3 +135,20 @@ def test_bench_scale_reports_peak_memory_and_times_of_every_rank(tmp_path):
         assert rank["peak_rss_gb"]["setup"] > 0 and rank["peak_rss_gb"]["impute"] > 0
         assert all(rank["seconds"][stage] > 0 for stage in ("setup", "train", "impute"))
     assert result["machine"]["memory_gb"] > 0 and result["machine"]["cpus"] >= 1
+
+
+def test_bench_calibration_scores_the_interval_before_and_after_calibrating(tmp_path):
+    run = run_cli(tmp_path / "run", "--rounds.num_rounds", "1", "--rounds.steps", "4")  # the noise fill: random draws
+    images, _ = read_imputations(run)  # 16x16 RGB images in the run's shape
+    npz = tmp_path / "images.npz"
+    np.savez(npz, images=(images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8))
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_calibration.py"), "--ckpt",
+                           str(run / "checkpoints" / "last.ckpt"), "--npz", str(npz), "--num-images", "40",
+                           "--subset", "30", "--calibration-images", "20", "--draws", "3", "--precision", "32"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["args"]["calibration_images"] == 20 and result["scale"] > 0
+    for key in ("coverage", "calibrated_coverage", "quantile_coverage"):
+        assert 0 <= result[key] <= 1
+    assert result["width"] > 0 and result["calibrated_width"] > 0
