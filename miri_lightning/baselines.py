@@ -20,18 +20,47 @@ def seed_stream(seed: int, salt: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, salt]).generate_state(1)[0]))
 
 
-def noise_fill(images: torch.Tensor, masks: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    """Missing entries uniform in [0, 1] (the paper's initial fill), from `seed`'s own stream."""
-    noise = torch.rand(images.shape, generator=seed_stream(seed, 0x5EED))
+NOISE_STREAM = 0x5EED
+
+
+def noise_fill(images: torch.Tensor, masks: torch.Tensor, seed: int = 0,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """Missing entries uniform in [0, 1] (the paper's initial fill), from `seed`'s own stream (or `generator`,
+    to fill a collection a chunk of images at a time: one generator over the chunks draws what one call does)."""
+    noise = torch.rand(images.shape, generator=generator or seed_stream(seed, NOISE_STREAM))
     return torch.where(masks, images, noise)
+
+
+# The observed mean sums blocks of this many images in float64, in order: a collection summed a chunk of
+# images at a time (chunks of whole blocks) gives the same bits as one call on all of it.
+MEAN_BLOCK = 256
+
+
+class ObservedMean:
+    """Each entry's mean over the images where it is observed, accumulated over chunks of images (`add`)."""
+
+    def __init__(self):
+        self.sums = self.counts = None
+
+    def add(self, images: torch.Tensor, masks: torch.Tensor) -> None:
+        for start in range(0, len(images), MEAN_BLOCK):
+            x, m = images[start:start + MEAN_BLOCK], masks[start:start + MEAN_BLOCK]
+            sums, counts = torch.where(m, x, 0.0).double().sum(0), m.sum(0, dtype=torch.int64)
+            self.sums = sums if self.sums is None else self.sums + sums
+            self.counts = counts if self.counts is None else self.counts + counts
+
+    def result(self) -> torch.Tensor:
+        """(C, H, W) float32; the global observed mean where an entry is never observed (0.5 if none is)."""
+        total = int(self.counts.sum())
+        overall = float(self.sums.sum()) / total if total else 0.5
+        return torch.where(self.counts > 0, self.sums / self.counts.clamp_min(1), overall).float()
 
 
 def observed_mean(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """(C, H, W): each entry's mean over the images where it is observed (the global observed mean elsewhere)."""
-    counts = masks.sum(0)
-    mean = (images * masks).sum(0) / counts.clamp_min(1)
-    global_mean = images[masks].mean() if masks.any() else torch.tensor(0.5)
-    return torch.where(counts > 0, mean, global_mean)
+    mean = ObservedMean()
+    mean.add(images, masks)
+    return mean.result()
 
 
 def mean_fill(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -39,9 +68,11 @@ def mean_fill(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return torch.where(masks, images, observed_mean(images, masks).expand_as(images))
 
 
-def interpolation_fill(images: torch.Tensor, masks: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
+def interpolation_fill(images: torch.Tensor, masks: torch.Tensor, sigma: float = 1.0,
+                       fallback: torch.Tensor | None = None) -> torch.Tensor:
     """Normalised Gaussian convolution: each missing entry is the Gaussian-weighted mean of the
-    observed entries around it, (G * (m x)) / (G * m); the per-entry mean where none is near."""
+    observed entries around it, (G * (m x)) / (G * m); where none is near, `fallback` (C, H, W)
+    (default: the per-entry observed mean of these images; a chunk of a collection passes the collection's)."""
     radius = max(1, math.ceil(3 * sigma))
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
     g = torch.exp(-offsets.square() / (2 * sigma**2))
@@ -54,7 +85,7 @@ def interpolation_fill(images: torch.Tensor, masks: torch.Tensor, sigma: float =
     m = masks.float()
     weight = blur(m)
     smooth = blur(images * m) / weight.clamp_min(1e-8)
-    fallback = observed_mean(images, masks).expand_as(images)
+    fallback = (observed_mean(images, masks) if fallback is None else fallback).expand_as(images)
     return torch.where(masks, images, torch.where(weight > 1e-6, smooth, fallback))
 
 

@@ -9,14 +9,17 @@ observed entries (`keep` < 1).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
 import torch
 
-from .baselines import interpolation_fill, noise_fill, observed_mean, seed_stream
+from .baselines import MEAN_BLOCK, NOISE_STREAM, interpolation_fill, noise_fill, observed_mean, seed_stream
 
 InitFill = Literal["noise", "mean", "interpolation"]
+# Each random draw of a fill has its own stream of the seed (`baselines.seed_stream`).
+THIN_STREAM, GAUSS_STREAM, HIDE_STREAM = 0xCEE9, 0xF111, 0xE11
 
 
 @dataclass(eq=False)
@@ -45,19 +48,32 @@ class RoundZeroFill:
 
     def __call__(self, images: torch.Tensor, masks: torch.Tensor, seed: int = 0) -> torch.Tensor:
         """x_hat^(0) of `images` (N, C, H, W) with bool `masks` (True = observed); observed entries untouched."""
-        if self.kind == "noise":
-            return noise_fill(images, masks, seed)
-        if self.kind == "interpolation":
-            read = masks if self.keep >= 1 else masks & (torch.rand(masks.shape, generator=seed_stream(seed, 0xCEE9))
-                                                         < self.keep)
-            fill = torch.where(masks, images, interpolation_fill(images, read, self.sigma))
-        else:
-            mean = observed_mean(images, masks) if self.values is None else self.values
-            fill = torch.where(masks, images, mean.to(images.dtype).expand_as(images))
-        if self.noise == 0:
-            return fill
-        noise = torch.randn(fill.shape, generator=seed_stream(seed, 0xF111)).to(fill.dtype)
-        return torch.where(masks, fill, (fill + self.noise * noise).clamp(0.0, 1.0))
+        return self.stream(seed)(images, masks)
+
+    def stream(self, seed: int = 0, fallback: Optional[torch.Tensor] = None) -> Callable[[torch.Tensor, torch.Tensor],
+                                                                                         torch.Tensor]:
+        """The fill of a collection a chunk of images at a time, in order: each random stream runs on across
+        the chunks, so they get what one call on the whole collection would (chunks of a multiple of 16
+        images, for the Gaussian noise). `fallback` (C, H, W), the collection's observed mean, fills where
+        an interpolation has no observed neighbour, and is the `mean` fill without `values`."""
+        thin, uniform, gauss = (seed_stream(seed, salt) for salt in (THIN_STREAM, NOISE_STREAM, GAUSS_STREAM))
+
+        def fill(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+            if self.kind == "noise":
+                return noise_fill(images, masks, generator=uniform)
+            if self.kind == "interpolation":
+                read = masks if self.keep >= 1 else masks & (torch.rand(masks.shape, generator=thin) < self.keep)
+                filled = torch.where(masks, images, interpolation_fill(images, read, self.sigma, fallback))
+            else:
+                mean = self.values if self.values is not None else fallback
+                mean = observed_mean(images, masks) if mean is None else mean
+                filled = torch.where(masks, images, mean.to(images.dtype).expand_as(images))
+            if self.noise == 0:
+                return filled
+            noise = torch.randn(filled.shape, generator=gauss).to(filled.dtype)
+            return torch.where(masks, filled, (filled + self.noise * noise).clamp(0.0, 1.0))
+
+        return fill
 
     @property
     def random(self) -> bool:
@@ -67,11 +83,13 @@ class RoundZeroFill:
     def error(self, images: torch.Tensor, masks: torch.Tensor, seed: int = 0, share: float = 0.1) -> float:
         """The root-mean-square error of this fill without its noise, measured without ground truth: a
         `share` of the observed entries is hidden, filled from the rest, and compared with what was there."""
-        hidden = masks & (torch.rand(masks.shape, generator=seed_stream(seed, 0xE11)) < share)
-        if not hidden.any():
-            return 0.0
-        filled = replace(self, noise=0.0, values=None)(images, masks & ~hidden, seed)
-        return float((filled - images)[hidden].square().mean().sqrt())
+        error = self.error_stream(seed, share)
+        error.add(images, masks)
+        return error.result()
+
+    def error_stream(self, seed: int = 0, share: float = 0.1, fallback: Optional[torch.Tensor] = None) -> FillError:
+        """`error` accumulated over chunks of a collection (`add` each, then `result`)."""
+        return FillError(replace(self, noise=0.0, values=None), seed, share, fallback)
 
     def state(self) -> dict:
         """What checkpoints and exports keep (the key names of the `data.*` options)."""
@@ -84,3 +102,23 @@ class RoundZeroFill:
         what was used then: the noise fill, sigma 1, no added noise, every observed entry read."""
         return cls(state.get("init_fill", "noise"), state.get("fill_sigma", 1.0), state.get("fill_noise", 0.0),
                    state.get("fill_keep", 1.0), state.get("fill_values"))
+
+
+class FillError:
+    """The root-mean-square error of a fill on observed entries hidden from it, a chunk of images at a time."""
+
+    def __init__(self, fill: RoundZeroFill, seed: int, share: float, fallback: Optional[torch.Tensor]):
+        self.hide, self.share = seed_stream(seed, HIDE_STREAM), share
+        self.fill = fill.stream(seed, fallback)
+        self.squares, self.count = 0.0, 0
+
+    def add(self, images: torch.Tensor, masks: torch.Tensor) -> None:
+        for start in range(0, len(images), MEAN_BLOCK):  # summed by blocks: the same however it is chunked
+            x, m = images[start:start + MEAN_BLOCK], masks[start:start + MEAN_BLOCK]
+            hidden = m & (torch.rand(m.shape, generator=self.hide) < self.share)
+            filled = self.fill(x, m & ~hidden)
+            self.squares += float((filled - x)[hidden].double().square().sum())
+            self.count += int(hidden.sum())
+
+    def result(self) -> float:
+        return math.sqrt(self.squares / self.count) if self.count else 0.0

@@ -78,9 +78,11 @@ def save_imputations(path, imputations: torch.Tensor, masks: torch.Tensor, **ext
     The layout is the one `NpzImages` reads, so an output can be fed back in.
     Leading dimensions before (N, C, H, W) (several samples) are kept.
     """
+    # Views, not copies (bool read as uint8 in place): np.savez writes a strided array a buffer at a time, so
+    # a collection larger than memory (memory-mapped) is written without a collection-sized temporary.
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, images=imputations.float().movedim(-3, -1).numpy(),
-                 masks=masks.to(torch.uint8).movedim(-3, -1).numpy(), **extra)
+                 masks=masks.bool().movedim(-3, -1).numpy().view(np.uint8), **extra)
 
 
 def save_png(path, image: torch.Tensor) -> None:

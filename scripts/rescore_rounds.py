@@ -36,7 +36,7 @@ def main() -> None:
     lines = []
     for t in args.rounds or [0, *saved]:
         imputed = imputations_after(args.run, t, dm)
-        metrics = collection_metrics(imputed, dm.masks, dm.truth, args.max_images, args.mi_steps)
+        metrics = collection_metrics(imputed, dm.masks, dm.true_images(args.max_images), args.max_images, args.mi_steps)
         lines.append(json.dumps({"round": t, **metrics, "mi_steps": args.mi_steps}))
         print(lines[-1], flush=True)
     if args.out:

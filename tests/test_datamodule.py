@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from miri_lightning.baselines import interpolation_fill
+from miri_lightning.data import storage
 from miri_lightning.data.datamodule import MaskedImageDataModule
 from miri_lightning.data.masks import MCAR, CenterBox
 from miri_lightning.data.sources import ImageSet, ImageSource, NpzImages, Shapes
@@ -189,6 +190,18 @@ def test_auto_state_maps_to_disk_only_when_memory_is_short(monkeypatch):
     assert storage.choose_mode("memory", 10**6, 2) == "memory"
 
 
+def test_a_state_that_cannot_fit_is_refused_before_any_work_naming_the_key(monkeypatch, tmp_path):
+    # 24 images of 3x16x16 from Shapes (float32 truth): 18,432 entries of 4 + 4 + 1 + 4 bytes, 240 kB
+    monkeypatch.setattr(storage, "available_memory_bytes", lambda: 200_000)
+    with pytest.raises(ConfigError, match=r"data.state memory: .* in each of this node's 1 processes.*"
+                                          r"set data.state to memmap"):
+        make_dm(state="memory")
+    monkeypatch.setattr(storage.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 100_000})())
+    with pytest.raises(ConfigError, match=r"data.state memmap: .* has 0.0 GB free; set data.state_dir"):
+        make_dm(state="memmap", state_dir=str(tmp_path / "state"))
+    assert not (tmp_path / "state" / "node0" / "masks.npy").exists()
+
+
 def _npz_source(tmp_path, images, masks):
     np.savez(tmp_path / "d.npz", images=images, masks=masks)
     return NpzImages(tmp_path / "d.npz")
@@ -246,3 +259,29 @@ def test_memmap_state_on_a_full_disk_names_the_file_and_keeps_the_last_round(tmp
         store.save("round001.npy", torch.zeros(2, 1, 4, 4))
     assert torch.equal(store.open("round000.npy"), first)
     assert not (tmp_path / "round001.npy").exists()
+
+
+@pytest.mark.parametrize("fill", [dict(init_fill="noise"), dict(init_fill="mean"),
+                                  dict(init_fill="interpolation", fill_keep=0.7, fill_noise="auto")])
+def test_the_collection_built_in_chunks_is_the_one_built_at_once(fill, monkeypatch, tmp_path):
+    def build(**kwargs):
+        return make_dm(source=Shapes(num_images=600, image_size=8, seed=2), **fill, **kwargs)
+
+    whole = build()
+    monkeypatch.setattr(storage, "CHUNK_BYTES", 1)  # chunks of MEAN_BLOCK images: 256, 256 and 88
+    assert len(storage.chunk_rows(whole.masks.shape)) == 3
+    for chunked in (build(), build(state="memmap", state_dir=str(tmp_path))):
+        assert torch.equal(chunked.masks, whole.masks) and torch.equal(chunked.truth, whole.truth)
+        assert torch.equal(chunked.imputations, whole.imputations)
+        assert chunked.fill.noise == whole.fill.noise and chunked.masks_sha1 == whole.masks_sha1
+
+
+def test_an_8_bit_source_keeps_8_bit_ground_truth(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", images=pixels)
+    for state in ("memory", "memmap"):
+        dm = make_dm(source=NpzImages(tmp_path / "d.npz"), state=state, state_dir=str(tmp_path / "state"))
+        assert dm.truth_values.dtype == torch.uint8
+        assert torch.equal(dm.truth_values, torch.from_numpy(pixels).permute(0, 3, 1, 2))
+        assert torch.equal(dm.imputations[dm.masks], dm.truth[dm.masks])  # observed entries: k/255 exactly
+        assert torch.equal(dm.true_images(5), dm.truth[:5])

@@ -81,7 +81,7 @@ def test_memory_mapped_state_is_one_file_shared_by_both_ranks(ddp_run, tmp_path)
     states = [torch.load(run / f"state_rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert torch.equal(states[0]["imputations"], states[1]["imputations"])
     assert sorted(p.name for p in (run / "state" / "node0").glob("*.npy")) == [
-        "imputations_round000.npy", "imputations_round001.npy", "imputations_round002.npy", "truth.npy"]
+        "imputations_round000.npy", "imputations_round001.npy", "imputations_round002.npy", "masks.npy", "truth.npy"]
     expected = torch.load(ddp_run / "state_rank0.pt", weights_only=True)["imputations"]
     assert torch.equal(states[0]["imputations"], expected)  # the same run as with the state in memory
 

@@ -337,3 +337,17 @@ def test_mechanisms_build_from_a_jsonargparse_config():
     assert isinstance(mask, AnyOf)
     assert [type(part) for part in mask.mechanisms] == [MCAR, CenterBox]
     assert mask.mechanisms[0].missing_rate == 0.1
+
+
+@pytest.mark.parametrize("mechanism", [MCAR(0.6, seed=3), MCAR(0.3, per_channel=True, seed=4), CenterBox(0.5),
+                                       AnyOf([MCAR(0.2, seed=1), CenterBox(0.3)])])
+def test_a_stream_masks_chunk_by_chunk_what_one_call_masks(mechanism):
+    images = torch.rand(70, 3, 9, 7)
+    stream = mechanism.stream()
+    chunked = torch.cat([stream(images[a:b]) for a, b in ((0, 1), (1, 33), (33, 64), (64, 70))])
+    assert torch.equal(chunked, mechanism(images))
+
+
+def test_mechanisms_that_need_the_whole_collection_have_no_stream():
+    for mechanism in (MAR(0.3), MNAR(0.3), RandomBoxes(), AnyOf([MCAR(0.2), MNAR(0.2)])):
+        assert mechanism.stream() is None

@@ -93,6 +93,23 @@ def test_npz_uint8_nhw(tmp_path):
     torch.testing.assert_close(data.images[:, 0], torch.from_numpy(images).float() / 255)
 
 
+def test_npz_uncompressed_uint8_is_mapped_and_read_a_chunk_at_a_time(tmp_path):
+    images = np.random.default_rng(1).integers(0, 256, (50, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "stored.npz", images=images)
+    np.savez_compressed(tmp_path / "compressed.npz", images=images)
+    mapped, read = NpzImages(tmp_path / "stored.npz", num_images=40).load(), NpzImages(tmp_path / "compressed.npz",
+                                                                                        num_images=40).load()
+    assert mapped.eight_bit and len(mapped) == 40 and mapped.shape == (40, 3, 8, 8)
+    assert torch.equal(mapped.images, read.images)  # the same float32 values, k/255
+    assert torch.equal(torch.cat([mapped.floats(0, 7), mapped.floats(7, 40)]), read.images)
+    # Mapped, not read: bytes changed in the file after load() show in what is read later.
+    with open(tmp_path / "stored.npz", "r+b") as f:
+        data = f.read()
+        f.seek(data.index(images.tobytes()[:64]))
+        f.write(bytes(255 - images[0, 0, 0, :1]))
+    assert mapped.floats(0, 1)[0, 0, 0, 0] == (255 - int(images[0, 0, 0, 0])) / np.float32(255)
+
+
 def test_npz_float_nhwc_and_num_images(tmp_path):
     images = np.random.default_rng(0).random((5, 4, 4, 3), dtype=np.float32)
     np.savez(tmp_path / "d.npz", pixels=images)

@@ -253,8 +253,8 @@ class MIRIRounds(Callback):
         if not trainer.is_global_zero:
             return None
         dm = trainer.datamodule
-        return collection_metrics(imputations, dm.masks, dm.truth, self.metrics_max_images, self.mi_steps,
-                                  self.mi_seeds)
+        k = self.metrics_max_images
+        return collection_metrics(imputations, dm.masks, dm.true_images(k), k, self.mi_steps, self.mi_seeds)
 
     def _report(self, trainer: Trainer, pl_module: LightningModule, metrics: Optional[dict], extra: dict) -> None:
         """Best round, grid, files and logs of the round just ended (rank 0 only: no collectives in here)."""
@@ -273,7 +273,7 @@ class MIRIRounds(Callback):
         if new_best:
             save_imputations(run_dir / BEST_IMPUTATIONS_FILE, dm.imputations, dm.masks, round=dm.round)
         k = self.grid_images
-        grid = imputation_grid(dm.imputations[:k], dm.masks[:k], None if dm.truth is None else dm.truth[:k],
+        grid = imputation_grid(dm.imputations[:k], dm.masks[:k], dm.true_images(k),
                                self._draws(pl_module, dm, k))
         save_png(run_dir / GRIDS_DIR / f"round_{dm.round:03d}.png", grid)
         write_round_record(run_dir / ROUNDS_FILE, record)  # last: a round listed here has all its files

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Callable, Literal, Optional, Union
 
 import torch
 from jsonargparse import lazy_instance
@@ -13,13 +14,13 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from ..baselines import observed_mean
+from ..baselines import ObservedMean
 from ..fills import InitFill, RoundZeroFill
 from ..errors import ConfigError, DataError
 from .checks import images_without_missing, images_without_observed, shorten
 from .masks import MCAR, MaskMechanism
-from .sources import ImageSource, Shapes
-from .storage import MemmapStore, StateMode, choose_mode, round_file
+from .sources import ImageSet, ImageSource, Shapes
+from .storage import MemmapStore, StateMode, check_fits, choose_mode, chunk_rows, round_file
 
 
 class ImputationBatches(Dataset):
@@ -211,7 +212,7 @@ class MaskedImageDataModule(LightningDataModule):
         self.resident: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (imputations, masks) on the device
         self.store: Optional[MemmapStore] = None  # set when the state is memory-mapped
         self._batches: Optional[ImputationBatches] = None
-        self.truth: Optional[torch.Tensor] = None
+        self.truth_values: Optional[torch.Tensor] = None  # uint8 (k/255) or float32, as the source gives it
         self.fill: Optional[RoundZeroFill] = None  # round 0's fill as used, set by setup() or a checkpoint
         self.masks: Optional[torch.Tensor] = None
         self.imputations: Optional[torch.Tensor] = None
@@ -224,45 +225,101 @@ class MaskedImageDataModule(LightningDataModule):
         self.source.prepare()
 
     def setup(self, stage: Optional[str] = None) -> None:
-        """Build the incomplete collection once: images, masks, ground truth, x_hat^(0)."""
+        """Build the incomplete collection once, a chunk of images at a time: masks, ground truth, x_hat^(0)."""
         if self.imputations is not None:
             return
         loaded = self.source.load()
-        images, masks = loaded.images.float(), loaded.masks
-        if images.numel() == 0:  # before the mask mechanism, which would name only a tensor shape
-            raise DataError(f"data.source {type(self.source).__name__} gave no images (shape {tuple(images.shape)})")
-        if self.mask is not None or masks is None:
-            drawn = (self.mask or MCAR(missing_rate=0.6))(images)
-            masks = drawn if masks is None else masks & drawn
-        self.masks = masks.bool().share_memory_()
-        self._check_collection(images)
-        self.val_indices, self.train_indices = self._split(len(images))
-        # The masks never change after this: hash them once, not at every checkpoint.
-        self.masks_sha1 = hashlib.sha1(self.masks.numpy().tobytes()).hexdigest()
-        values = observed_mean(images, self.masks) if self.init_fill == "mean" else None
-        auto = self.fill_noise == "auto"
-        self.fill = RoundZeroFill(self.init_fill, self.fill_sigma, 0.0 if auto else self.fill_noise, self.fill_keep,
-                                  values)
-        if auto:  # the fill's own error, from observed entries hidden for the purpose
-            error = self.fill.error(images, self.masks, self.seed)
-            self.fill = replace(self.fill, noise=self.fill_noise_scale * error)
-            rank_zero_info(f"MIRI data: data.fill_noise auto: {self.fill.noise:.4f}, {self.fill_noise_scale:g} x the "
-                           f"{self.init_fill} fill's error on observed entries hidden from it")
-        start = self.fill(images, self.masks, self.seed)
-        # Ground truth exists only where every missing entry was hidden by us.
-        truth = images if loaded.masks is None else None
+        if len(loaded) == 0:  # before the mask mechanism, which would name only a tensor shape
+            raise DataError(f"data.source {type(self.source).__name__} gave no images (shape {loaded.shape})")
         processes = self.trainer.num_devices if self.trainer else 1
-        if choose_mode(self.state, images.numel(), processes) == "memmap":
-            self.store = self._make_store()
-            self.truth = None if truth is None else self.store.save("truth.npy", truth)
-            self.imputations = self.store.save(round_file(0), start)
-        else:
-            self.truth, self.imputations = truth, start.share_memory_()
+        entries = math.prod(loaded.shape)
+        mode = choose_mode(self.state, entries, processes)
+        self.store = self._make_store() if mode == "memmap" else None
+        check_fits(mode, entries, loaded.values.element_size() if loaded.masks is None else 0, processes,
+                   None if self.store is None else self.store.folder)
+        self.masks = self._build("masks.npy", loaded.shape, torch.bool, self._mask_chunks(loaded))
+        self._check_collection(loaded.shape)
+        self.val_indices, self.train_indices = self._split(len(loaded))
+        # The masks never change after this: hash them once, not at every checkpoint.
+        digest = hashlib.sha1()
+        for rows in chunk_rows(loaded.shape):
+            digest.update(self.masks[rows].numpy().tobytes())
+        self.masks_sha1 = digest.hexdigest()
+        self.fill, fallback = self._round_zero_fill(loaded)
+        # Ground truth exists only where every missing entry was hidden by us; 8-bit sources stay 8-bit.
+        self.truth_values = None if loaded.masks is not None else self._build(
+            "truth.npy", loaded.shape, loaded.values.dtype, lambda rows: loaded.values[rows])
+        fill = self.fill.stream(self.seed, fallback)
+        self.imputations = self._build(round_file(0), loaded.shape, torch.float32,
+                                       lambda rows: fill(loaded.floats(rows.start, rows.stop), self.masks[rows]))
         rank_zero_info(
-            f"MIRI data: {len(images)} images of shape {tuple(images.shape[1:])}, "
-            f"{100 * (1 - self.masks.float().mean()):.1f} % entries missing, state in "
+            f"MIRI data: {len(loaded)} images of shape {loaded.shape[1:]}, "
+            f"{100 * (1 - int(torch.count_nonzero(self.masks)) / self.masks.numel()):.1f} % entries missing, state in "
             f"{'memory' if self.store is None else self.store.folder}"
         )
+
+    def _mask_chunks(self, loaded: ImageSet) -> Callable[[slice], torch.Tensor]:
+        """The masks of a chunk of images: the source's own, and `data.mask`'s drawn over them (streamed where
+        the mechanism can, else drawn for the whole collection at once)."""
+        mechanism = self.mask if self.mask is not None or loaded.masks is None else None
+        mechanism = mechanism or (MCAR(missing_rate=0.6) if loaded.masks is None else None)
+        stream = None if mechanism is None else mechanism.stream()
+        whole = mechanism(loaded.images) if mechanism is not None and stream is None else None
+
+        def masks(rows: slice) -> torch.Tensor:
+            drawn = whole[rows] if whole is not None else stream(loaded.floats(rows.start, rows.stop)) if stream else None
+            own = None if loaded.masks is None else loaded.masks[rows].bool()
+            return drawn if own is None else own if drawn is None else own & drawn
+
+        return masks
+
+    def _round_zero_fill(self, loaded: ImageSet) -> tuple[RoundZeroFill, Optional[torch.Tensor]]:
+        """Round 0's fill, and the collection's observed mean where the fill reads one (passes over the data)."""
+        chunks = [(rows, lambda rows=rows: (loaded.floats(rows.start, rows.stop), self.masks[rows]))
+                  for rows in chunk_rows(loaded.shape)]
+        fallback = None
+        if self.init_fill != "noise":
+            mean = ObservedMean()
+            for _, read in chunks:
+                mean.add(*read())
+            fallback = mean.result()
+        auto = self.fill_noise == "auto"
+        fill = RoundZeroFill(self.init_fill, self.fill_sigma, 0.0 if auto else self.fill_noise, self.fill_keep,
+                             fallback if self.init_fill == "mean" else None)
+        if auto:  # the fill's own error, from observed entries hidden for the purpose
+            error = fill.error_stream(self.seed, fallback=fallback)
+            for _, read in chunks:
+                error.add(*read())
+            fill = replace(fill, noise=self.fill_noise_scale * error.result())
+            rank_zero_info(f"MIRI data: data.fill_noise auto: {fill.noise:.4f}, {self.fill_noise_scale:g} x the "
+                           f"{self.init_fill} fill's error on observed entries hidden from it")
+        return fill, fallback
+
+    def _build(self, name: str, shape: tuple[int, ...], dtype: torch.dtype,
+               chunk: Callable[[slice], torch.Tensor]) -> torch.Tensor:
+        """A collection-sized tensor written a chunk of images at a time, in order: into shared memory, or
+        (memmap) into a file that one process of the node writes and every process then maps."""
+        if self.store is None:
+            out = torch.empty(shape, dtype=dtype).share_memory_()
+        else:
+            out = self.store.create(shape, dtype)
+        if out is not None:
+            for rows in chunk_rows(shape):
+                out[rows] = chunk(rows)
+        return out if self.store is None else self.store.commit(name)
+
+    @property
+    def truth(self) -> Optional[torch.Tensor]:
+        """The ground truth of the whole collection as float32 (None when the source masked it); large
+        collections read `true_images` instead."""
+        return None if self.truth_values is None else self.true_images(len(self.truth_values))
+
+    def true_images(self, count: int) -> Optional[torch.Tensor]:
+        """The ground truth of the first `count` images as float32 in [0, 1] (None when unknown)."""
+        if self.truth_values is None:
+            return None
+        values = self.truth_values[:count]
+        return values.float().div_(255) if values.dtype == torch.uint8 else values
 
     def _split(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(held-out, training) image indices, both sorted; the draw depends on `seed` only."""
@@ -285,14 +342,14 @@ class MaskedImageDataModule(LightningDataModule):
         return MemmapStore(root / f"node{trainer.node_rank}", writer=trainer.local_rank == 0,
                            barrier=trainer.strategy.barrier)
 
-    def _check_collection(self, images: torch.Tensor) -> None:
+    def _check_collection(self, shape: tuple[int, ...]) -> None:
         """Refuse collections training cannot use; report the ones it handles in a special way."""
-        if self.masks.shape != images.shape:
-            raise DataError(f"masks have shape {tuple(self.masks.shape)}, expected {tuple(images.shape)}")
+        if tuple(self.masks.shape) != shape:
+            raise DataError(f"masks have shape {tuple(self.masks.shape)}, expected {shape}")
         blind = images_without_observed(self.masks)
         if blind:
             raise DataError(
-                f"no observed entry in {len(blind)} of {len(images)} images, so there is nothing to condition their "
+                f"no observed entry in {len(blind)} of {shape[0]} images, so there is nothing to condition their "
                 f"imputation on: images {shorten(blind)} (after the source's masks and data.mask); remove them from "
                 "the data or hide fewer entries"
             )
@@ -310,7 +367,7 @@ class MaskedImageDataModule(LightningDataModule):
         if complete:
             # Not an error: the velocity is zero on observed entries, so these images stay as they are.
             rank_zero_info(
-                f"no missing entry in {len(complete)} of {len(images)} images: they pass through every round unchanged"
+                f"no missing entry in {len(complete)} of {shape[0]} images: they pass through every round unchanged"
             )
 
     @property
@@ -330,7 +387,7 @@ class MaskedImageDataModule(LightningDataModule):
 
     def new_round_buffer(self) -> Optional[torch.Tensor]:
         """Where the next round's imputations are written (None on processes that do not write them)."""
-        return torch.empty_like(self.imputations) if self.store is None else self.store.create(self.imputations)
+        return torch.empty_like(self.imputations) if self.store is None else self.store.create(tuple(self.imputations.shape))
 
     def next_round(self, buffer: Optional[torch.Tensor]) -> None:
         """Make the filled buffer x_hat^(t+1) and count the round."""

@@ -11,8 +11,10 @@ same seed and images always give bit-identical masks; all work happens on the CP
 and the masks are returned on the CPU.
 """
 
+import functools
 import math
 from abc import ABC, abstractmethod
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -44,6 +46,12 @@ class MaskMechanism(ABC):
     @abstractmethod
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """images float32 (N, C, H, W) in [0, 1] -> bool (N, C, H, W), True = observed."""
+
+    def stream(self) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+        """Masks for a collection a chunk of images at a time, in order, giving what one call on the whole
+        collection gives; None where an image's masks depend on the other images or on draws made for
+        all of them together (the collection is then masked at once)."""
+        return None
 
     def __repr__(self) -> str:
         args = ", ".join(f"{name}={value!r}" for name, value in vars(self).items())
@@ -186,6 +194,15 @@ class MCAR(_ProbabilityMechanism):
         self.per_channel = per_channel
         self.seed = seed
 
+    def stream(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        generator = _generator(self.seed)  # runs on across the chunks: torch.rand draws in order
+
+        def masks(images: torch.Tensor) -> torch.Tensor:
+            images = _as_images(images)
+            return _expand_channels(~_draw_missing(self.missing_probability(images), generator), images.shape[1])
+
+        return masks
+
     def missing_probability(self, images: torch.Tensor) -> torch.Tensor:
         n, c, h, w = images.shape
         # A broadcast view: the draw needs the shape, not c * h * w copies of one number.
@@ -206,6 +223,9 @@ class CenterBox(MaskMechanism):
         _check_seed("CenterBox", seed)
         self.size = size
         self.seed = seed
+
+    def stream(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        return self  # the same hole in every image
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         n, c, h, w = _as_images(images).shape
@@ -426,8 +446,16 @@ class AnyOf(MaskMechanism):
         self.mechanisms = list(mechanisms)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self._union([mechanism.__call__ for mechanism in self.mechanisms], images)
+
+    def stream(self) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+        streams = [mechanism.stream() for mechanism in self.mechanisms]
+        return None if None in streams else functools.partial(self._union, streams)
+
+    @staticmethod
+    def _union(parts: list[Callable[[torch.Tensor], torch.Tensor]], images: torch.Tensor) -> torch.Tensor:
         images = _as_images(images)
-        observed = self.mechanisms[0](images)
-        for mechanism in self.mechanisms[1:]:
-            observed &= mechanism(images)
+        observed = parts[0](images)
+        for part in parts[1:]:
+            observed &= part(images)
         return observed

@@ -7,9 +7,9 @@ Sources are configured from YAML through jsonargparse/LightningCLI, so every opt
 from __future__ import annotations
 
 import math
+import struct
 import zipfile
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -27,17 +27,41 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I", "I;16N")
 
 
-@dataclass
 class ImageSet:
-    """A whole image collection.
+    """A whole image collection, kept as the source gives it: 8-bit sources stay 8-bit (and a mapped
+    file stays on disk) until a consumer reads them, whole (`images`) or a few images at a time (`floats`).
 
-    Attributes:
-        images: float32 (N, C, H, W) in [0, 1].
+    Args:
+        images: (N, C, H, W), float32 in [0, 1] or uint8 (k stands for k/255).
         masks: bool (N, C, H, W), True = observed; None when the source has no masks of its own.
     """
 
-    images: torch.Tensor
-    masks: torch.Tensor | None = None
+    def __init__(self, images: torch.Tensor, masks: torch.Tensor | None = None):
+        if images.dtype not in (torch.uint8, torch.float32):
+            raise TypeError(f"ImageSet images must be uint8 or float32, got {images.dtype}")
+        self.values, self.masks = images, masks
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.values.shape)
+
+    @property
+    def eight_bit(self) -> bool:
+        """Whether every value is some k/255, stored as k."""
+        return self.values.dtype == torch.uint8
+
+    @property
+    def images(self) -> torch.Tensor:
+        """All images as float32 (N, C, H, W) in [0, 1]."""
+        return self.floats(0, len(self))
+
+    def floats(self, start: int, stop: int) -> torch.Tensor:
+        """Images start..stop-1 as float32 in [0, 1]: k/255 computed in float32, as a whole read gives."""
+        chunk = self.values[start:stop]
+        return chunk.float().div_(255) if self.eight_bit else chunk
 
 
 class ImageSource(ABC):
@@ -58,11 +82,14 @@ def _check_num_images(source: ImageSource, num_images: int | None) -> int | None
 
 def _uint8_to_tensor(array: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 (N, H, W) or (N, H, W, C) -> float32 (N, C, H, W) in [0, 1]."""
-    tensor = torch.as_tensor(array)
-    if tensor.ndim == 3:
-        tensor = tensor.unsqueeze(-1)
     # Made contiguous while still uint8, the cheaper copy; float() keeps the layout.
-    return tensor.permute(0, 3, 1, 2).contiguous().float().div_(255)
+    return _channels_first(array).contiguous().float().div_(255)
+
+
+def _channels_first(array: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(N, H, W) or (N, H, W, C) -> an (N, C, H, W) view, no copy (a mapped array stays mapped)."""
+    tensor = torch.as_tensor(array)
+    return (tensor.unsqueeze(-1) if tensor.ndim == 3 else tensor).permute(0, 3, 1, 2)
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -293,7 +320,8 @@ class NpzImages(ImageSource):
                 raise DataError(f"{self.path} has no array {self.key!r}; it holds: {found}")
             wanted = [k for k in (self.key, self.mask_key) if k in archive.files]
             try:
-                return {k: archive[k] for k in wanted}
+                # An uncompressed member is mapped, not read: a collection larger than memory stays on disk.
+                return {k: _mapped_member(self.path, k) if _stored(archive, k) else archive[k] for k in wanted}
             except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
                 raise DataError(f"cannot read the arrays {wanted} of {self.path}: {err}") from err
 
@@ -346,12 +374,36 @@ class NpzImages(ImageSource):
     def _images(self, array: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Checked array -> float32 (N, C, H, W) images with NaN set to 0, and the masks of the NaNs (None if none)."""
         if array.dtype == np.uint8:
-            return _uint8_to_tensor(array), None
+            return _channels_first(array), None  # kept 8-bit (and mapped): read a chunk at a time
         images = torch.from_numpy(array.astype(np.float32)).reshape(*array.shape[:3], -1).permute(0, 3, 1, 2)
         observed = ~images.isnan()
         if observed.all():
             return images.contiguous(), None
         return images.nan_to_num(0.0).contiguous(), observed.contiguous()
+
+
+def _stored(archive: np.lib.npyio.NpzFile, key: str) -> bool:
+    """Whether the archive keeps `key` uncompressed (np.savez does; np.savez_compressed does not)."""
+    return archive.zip.getinfo(key + ".npy").compress_type == zipfile.ZIP_STORED
+
+
+def _mapped_member(path: Path, key: str) -> np.ndarray:
+    """An uncompressed `.npz` member as a copy-on-write map of the file: pages are read when touched, and
+    writes (none are made) would stay private."""
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as f:
+        info = archive.getinfo(key + ".npy")
+        f.seek(info.header_offset)
+        local = f.read(30)  # the local file header; its name and extra field lengths can differ from the directory's
+        if local[:4] != b"PK\x03\x04":
+            raise DataError(f"{path} member {key!r} has no local file header: the archive is damaged")
+        name_length, extra_length = struct.unpack("<HH", local[26:30])
+        f.seek(info.header_offset + 30 + name_length + extra_length)
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        if dtype.hasobject:  # as np.load says it
+            raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+        return np.memmap(path, dtype=dtype, mode="c", offset=f.tell(), shape=shape, order="F" if fortran else "C")
 
 
 class ImageFolder(ImageSource):
