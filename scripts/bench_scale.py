@@ -28,7 +28,9 @@ at a chosen collection size: in 1 process and in 2 DDP processes on the CPU (glo
    - impute: the round's re-imputation (inside round_end, which adds the
      round's metrics and files); end: the checkpoint and teardown.
    `rss_after_setup_gb` splits the resident set just after setup() into
-   anonymous, file-backed and shared-memory pages.
+   anonymous, file-backed and shared-memory pages, and `peak_private_gb`
+   is the peak of anonymous plus shared-memory pages to each stage's end
+   (sampled every 20 ms): the process's own memory, page cache aside.
 
 A round re-imputes the whole collection, so the re-imputation covers all N
 images (`imputed_images` in the JSON). Each run's folder (its state files can be several times the
@@ -46,6 +48,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 import zipfile
@@ -111,12 +114,35 @@ def rss_now_gb() -> dict:
     return {fields[w[0]]: int(w[1]) * 1024 / 1e9 for w in words if w and w[0] in fields}  # values in kB
 
 
+class PrivatePeak(threading.Thread):
+    """The largest anonymous plus shared-memory resident set so far, sampled every 20 ms: the process's own
+    memory, without the page cache of the files it maps (which the kernel can drop or write back)."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.peak = 0.0
+
+    def run(self) -> None:
+        while True:
+            now = rss_now_gb()
+            self.peak = max(self.peak, now.get("anon", 0.0) + now.get("shmem", 0.0))
+            time.sleep(0.02)
+
+
 class Marks(dict):
-    """Stage name -> (seconds, peak resident GB, resident GB now by kind) at the stage's end; the first one counts."""
+    """Stage name -> (seconds, peak resident GB, resident GB now by kind, peak private GB) at the stage's end;
+    the first one counts."""
+
+    def __init__(self):
+        super().__init__()
+        self.private = PrivatePeak()
+        self.private.start()
 
     def mark(self, name: str) -> None:
         if name not in self:
-            self[name] = (time.perf_counter(), peak_rss_gb(), rss_now_gb())
+            now = rss_now_gb()
+            private = max(self.private.peak, now.get("anon", 0.0) + now.get("shmem", 0.0))
+            self[name] = (time.perf_counter(), peak_rss_gb(), now, private)
 
 
 def time_calls(owner, name: str, marks: Marks, before: str, after: str) -> bool:
@@ -204,14 +230,16 @@ STAGES = (("prepared", "built"), ("setup", "built"), ("round_zero", "setup"), ("
 def stages(marks: Marks) -> dict:
     """Per stage, the peak resident GB at its end and its seconds (None for a stage that was not reached)."""
     peak, seconds = {"before_setup": round(marks["built"][1], 3) if "built" in marks else None}, {}
+    private = {"before_setup": round(marks["built"][3], 3) if "built" in marks else None}
     for name, start in STAGES:
         done = name in marks and start in marks
         peak[name] = round(marks[name][1], 3) if name in marks else None
+        private[name] = round(marks[name][3], 3) if name in marks else None
         # Microseconds: a tiny collection's setup takes a millisecond or less.
         seconds[name] = round(marks[name][0] - marks[start][0], 6) if done else None
     seconds["total"] = round(marks["end"][0] - marks["start"][0], 6)
     rss = {kind: round(gb, 3) for kind, gb in marks["setup"][2].items()} if "setup" in marks else {}
-    return {"peak_rss_gb": peak, "seconds": seconds, "rss_after_setup_gb": rss}
+    return {"peak_rss_gb": peak, "peak_private_gb": private, "seconds": seconds, "rss_after_setup_gb": rss}
 
 
 # -- the runs (parent mode) -----------------------------------------------------------------------

@@ -133,6 +133,7 @@ def test_bench_scale_reports_peak_memory_and_times_of_every_rank(tmp_path):
     assert [r["rank"] for r in ranks] == [0]
     for rank in ranks:
         assert rank["peak_rss_gb"]["setup"] > 0 and rank["peak_rss_gb"]["impute"] > 0
+        assert 0 < rank["peak_private_gb"]["setup"] <= rank["peak_private_gb"]["end"]
         assert all(rank["seconds"][stage] > 0 for stage in ("setup", "train", "impute"))
     assert result["machine"]["memory_gb"] > 0 and result["machine"]["cpus"] >= 1
 
