@@ -264,10 +264,16 @@ class MaskedImageDataModule(LightningDataModule):
         mechanism = self.mask if self.mask is not None or loaded.masks is None else None
         mechanism = mechanism or (MCAR(missing_rate=0.6) if loaded.masks is None else None)
         stream = None if mechanism is None else mechanism.stream()
-        whole = mechanism(loaded.images) if mechanism is not None and stream is None else None
+        whole = []  # drawn at the first chunk, so only by a process that writes the masks
 
         def masks(rows: slice) -> torch.Tensor:
-            drawn = whole[rows] if whole is not None else stream(loaded.floats(rows.start, rows.stop)) if stream else None
+            if stream is not None:
+                drawn = stream(loaded.floats(rows.start, rows.stop))
+            elif mechanism is not None:
+                whole[:] = whole or [mechanism(loaded.images)]
+                drawn = whole[0][rows]
+            else:
+                drawn = None
             own = None if loaded.masks is None else loaded.masks[rows].bool()
             return drawn if own is None else own if drawn is None else own & drawn
 

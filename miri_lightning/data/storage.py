@@ -83,7 +83,7 @@ def check_fits(mode: Literal["memory", "memmap"], entries: int, truth_bytes: int
 
 # The collection is built and read this many float32 bytes of images at a time (at least MEAN_BLOCK images,
 # and whole blocks of them, so that sums over the collection come out the same however it is chunked).
-CHUNK_BYTES = 64 << 20
+CHUNK_BYTES = 8 << 20
 
 
 def chunk_rows(shape: tuple[int, ...]) -> list[slice]:
