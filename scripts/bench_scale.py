@@ -217,7 +217,8 @@ def worker(report_dir: Path, overrides: list[str]) -> None:
         sys.exit(f"error: {err}")
     marks.mark("end")
     store = getattr(cli.datamodule, "store", None)  # set when the state is memory-mapped
-    report = {"rank": trainer.global_rank, "state": "memory" if store is None else "memmap",
+    report = {"rank": trainer.global_rank, "images": len(cli.datamodule.masks),
+              "state": "memory" if store is None else "memmap",
               "threads": torch.get_num_threads(), "impute_timed": timed_impute, **stages(marks)}
     (report_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
 
@@ -247,7 +248,8 @@ def stages(marks: Marks) -> dict:
 
 def recipe(args, data: Path, processes: int) -> list[str]:
     """train.py overrides of one run: issue 17's setting, one short round, this many CPU processes."""
-    source = {"class_path": "miri_lightning.data.sources.NpzImages", "init_args": {"path": str(data)}}
+    # num_images given: jsonargparse would otherwise keep the default source's (Shapes, 2,000 images).
+    source = {"class_path": "miri_lightning.data.sources.NpzImages", "init_args": {"path": str(data), "num_images": None}}
     mask = {"class_path": "miri_lightning.data.masks.MCAR",
             "init_args": {"missing_rate": 0.6, "per_channel": True, "seed": 0}}
     ddp = ["--trainer.strategy", "ddp"] if processes > 1 else []  # on the CPU: gloo, as tests/test_distributed.py

@@ -126,11 +126,13 @@ def test_rescore_rounds_gives_a_run_its_own_figures_back_and_more_mask_informati
 
 def test_bench_scale_reports_peak_memory_and_times_of_every_rank(tmp_path):
     out = tmp_path / "scale.json"
-    script("bench_scale.py", "--images", 64, "--size", 8, "--processes", 1, "--steps", 2,
+    script("bench_scale.py", "--images", 2100, "--size", 8, "--processes", 1, "--steps", 2,
            "--workdir", tmp_path / "work", "--out", out)
     result = json.loads(out.read_text())
     ranks = result["runs"]["1"]["ranks"]
     assert [r["rank"] for r in ranks] == [0]
+    # the whole synthetic collection, not the first 2,000 (the default source's num_images)
+    assert [r["images"] for r in ranks] == [2100]
     for rank in ranks:
         assert rank["peak_rss_gb"]["setup"] > 0 and rank["peak_rss_gb"]["impute"] > 0
         assert 0 < rank["peak_private_gb"]["setup"] <= rank["peak_private_gb"]["end"]
