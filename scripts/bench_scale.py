@@ -33,7 +33,9 @@ at a chosen collection size: in 1 process and in 2 DDP processes on the CPU (glo
    (sampled every 20 ms): the process's own memory, page cache aside.
 
 A round re-imputes the whole collection, so the re-imputation covers all N
-images (`imputed_images` in the JSON). Each run's folder (its state files can be several times the
+images (`imputed_images` in the JSON); `--skip-impute` stops each run after
+its training steps (every rank reports, then leaves), for collections whose
+re-imputation would take longer than the measurement is worth. Each run's folder (its state files can be several times the
 collection's size) is deleted after it, unless `--keep-runs`.
 """
 
@@ -57,6 +59,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+SKIP_IMPUTE = "MIRI_BENCH_SCALE_SKIP_IMPUTE"  # set for a run's processes by --skip-impute
 CHUNK_BYTES = 64 << 20  # the synthetic writer's buffer
 METRICS_IMAGES = 256  # the round's metrics (MMD is quadratic in them) read the first this-many images
 QUIET = ["--logging.backend", "csv", "--trainer.enable_progress_bar", "false",
@@ -162,8 +165,9 @@ def time_calls(owner, name: str, marks: Marks, before: str, after: str) -> bool:
     return True
 
 
-def stage_callbacks(marks: Marks):
-    """(first, last) callbacks: the round's training ends at the first's epoch end, the round's end at the last's."""
+def stage_callbacks(marks: Marks, on_trained=None):
+    """(first, last) callbacks: the round's training ends at the first's epoch end (then `on_trained(trainer)`,
+    if given), the round's end at the last's."""
     from lightning.pytorch import Callback
 
     class First(Callback):
@@ -172,6 +176,8 @@ def stage_callbacks(marks: Marks):
 
         def on_train_epoch_end(self, trainer, pl_module):
             marks.mark("train")
+            if on_trained is not None:
+                on_trained(trainer)
 
     class Last(Callback):
         def on_train_epoch_end(self, trainer, pl_module):
@@ -204,23 +210,32 @@ def worker(report_dir: Path, overrides: list[str]) -> None:
     from miri_lightning.errors import MIRIError
 
     timed_impute = instrument(marks)
+
+    def report(trainer) -> None:
+        marks.mark("end")
+        store = getattr(trainer.datamodule, "store", None)  # set when the state is memory-mapped
+        figures = {"rank": trainer.global_rank, "images": len(trainer.datamodule.masks),
+                   "state": "memory" if store is None else "memmap", "threads": torch.get_num_threads(),
+                   "impute_timed": timed_impute, **stages(marks)}
+        (report_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(figures))
+
+    def stop(trainer) -> None:  # --skip-impute: every rank reports, waits for the others and leaves
+        report(trainer)
+        trainer.strategy.barrier()
+        os._exit(0)
+
     # sys.argv (this worker's command line) must stay: Lightning's DDP launcher starts the other ranks with it.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     try:  # as train.py: a bad setting or bad data is one line, not a traceback
         cli = build_cli([*QUIET, "--trainer.default_root_dir", str(report_dir / "run"), *overrides])
-        first, last = stage_callbacks(marks)
+        first, last = stage_callbacks(marks, stop if os.environ.get(SKIP_IMPUTE) else None)
         trainer = cli.trainer
         # Lightning keeps this order, moving only the checkpoint callbacks to the end: MIRIRounds is in between.
         trainer.callbacks = [first, *trainer.callbacks, last]
         trainer.fit(cli.model, datamodule=cli.datamodule)
     except MIRIError as err:
         sys.exit(f"error: {err}")
-    marks.mark("end")
-    store = getattr(cli.datamodule, "store", None)  # set when the state is memory-mapped
-    report = {"rank": trainer.global_rank, "images": len(cli.datamodule.masks),
-              "state": "memory" if store is None else "memmap",
-              "threads": torch.get_num_threads(), "impute_timed": timed_impute, **stages(marks)}
-    (report_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
+    report(trainer)
 
 
 # (stage, the mark it starts from): consecutive, except the re-imputation, which lies inside the round's end.
@@ -270,7 +285,8 @@ def run(args, data: Path, processes: int) -> dict:
     report_dir.mkdir()
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(report_dir), *recipe(args, data, processes)]
     start = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    env = {**os.environ, **({SKIP_IMPUTE: "1"} if args.skip_impute else {})}  # the DDP ranks inherit it
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
     if done.returncode:
         sys.exit(f"error: the {processes}-process run failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
@@ -301,6 +317,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=None,
                    help="folder for the collection (kept and reused) and the runs (default: a temporary one)")
     p.add_argument("--keep-runs", action="store_true", help="keep each run's folder (state files, checkpoints)")
+    p.add_argument("--skip-impute", action="store_true",
+                   help="stop each run after its training steps, before the round's re-imputation of every image")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     p.add_argument("extra", nargs="*", help="more train.py overrides, after --")
     args = p.parse_args()
@@ -329,7 +347,7 @@ def bench(args) -> dict:
     arguments = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     return {"arguments": arguments, "machine": machine(),
             "collection": {"path": str(data), "bytes": data.stat().st_size, "seconds": round(written, 3)},
-            "imputed_images": args.images,  # a round re-imputes the whole collection
+            "imputed_images": 0 if args.skip_impute else args.images,  # a round re-imputes the whole collection
             "runs": runs}
 
 

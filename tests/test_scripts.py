@@ -140,6 +140,17 @@ def test_bench_scale_reports_peak_memory_and_times_of_every_rank(tmp_path):
     assert result["machine"]["memory_gb"] > 0 and result["machine"]["cpus"] >= 1
 
 
+def test_bench_scale_can_stop_every_rank_after_training(tmp_path):
+    out = tmp_path / "scale.json"
+    script("bench_scale.py", "--images", 64, "--size", 8, "--processes", 2, "--steps", 2, "--skip-impute",
+           "--workdir", tmp_path / "work", "--out", out)
+    result = json.loads(out.read_text())
+    ranks = result["runs"]["2"]["ranks"]
+    assert [r["rank"] for r in ranks] == [0, 1] and result["imputed_images"] == 0
+    for rank in ranks:
+        assert rank["seconds"]["train"] > 0 and rank["seconds"]["impute"] is None
+
+
 def test_bench_calibration_scores_the_interval_before_and_after_calibrating(tmp_path):
     run = run_cli(tmp_path / "run", "--rounds.num_rounds", "1", "--rounds.steps", "4")  # the noise fill: random draws
     images, _ = read_imputations(run)  # 16x16 RGB images in the run's shape
