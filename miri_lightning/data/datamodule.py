@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import replace
@@ -261,19 +262,18 @@ class MaskedImageDataModule(LightningDataModule):
     def _mask_chunks(self, loaded: ImageSet) -> Callable[[slice], torch.Tensor]:
         """The masks of a chunk of images: the source's own, and `data.mask`'s drawn over them (streamed where
         the mechanism can, else drawn for the whole collection at once)."""
-        mechanism = self.mask if self.mask is not None or loaded.masks is None else None
-        mechanism = mechanism or (MCAR(missing_rate=0.6) if loaded.masks is None else None)
+        mechanism = self.mask if self.mask is not None else MCAR(missing_rate=0.6) if loaded.masks is None else None
         stream = None if mechanism is None else mechanism.stream()
-        whole = []  # drawn at the first chunk, so only by a process that writes the masks
+
+        @functools.cache
+        def whole() -> torch.Tensor:  # drawn at the first chunk, so only by a process that writes the masks
+            return mechanism(loaded.images)
 
         def masks(rows: slice) -> torch.Tensor:
             if stream is not None:
                 drawn = stream(loaded.floats(rows.start, rows.stop))
-            elif mechanism is not None:
-                whole[:] = whole or [mechanism(loaded.images)]
-                drawn = whole[0][rows]
             else:
-                drawn = None
+                drawn = None if mechanism is None else whole()[rows]
             own = None if loaded.masks is None else loaded.masks[rows].bool()
             return drawn if own is None else own if drawn is None else own & drawn
 
@@ -281,12 +281,12 @@ class MaskedImageDataModule(LightningDataModule):
 
     def _round_zero_fill(self, loaded: ImageSet) -> tuple[RoundZeroFill, Optional[torch.Tensor]]:
         """Round 0's fill, and the collection's observed mean where the fill reads one (passes over the data)."""
-        chunks = [(rows, lambda rows=rows: (loaded.floats(rows.start, rows.stop), self.masks[rows]))
+        chunks = [lambda rows=rows: (loaded.floats(rows.start, rows.stop), self.masks[rows])
                   for rows in chunk_rows(loaded.shape)]
         fallback = None
         if self.init_fill != "noise":
             mean = ObservedMean()
-            for _, read in chunks:
+            for read in chunks:
                 mean.add(*read())
             fallback = mean.result()
         auto = self.fill_noise == "auto"
@@ -294,7 +294,7 @@ class MaskedImageDataModule(LightningDataModule):
                              fallback if self.init_fill == "mean" else None)
         if auto:  # the fill's own error, from observed entries hidden for the purpose
             error = fill.error_stream(self.seed, fallback=fallback)
-            for _, read in chunks:
+            for read in chunks:
                 error.add(*read())
             fill = replace(fill, noise=self.fill_noise_scale * error.result())
             rank_zero_info(f"MIRI data: data.fill_noise auto: {fill.noise:.4f}, {self.fill_noise_scale:g} x the "
