@@ -34,7 +34,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data.sources import NpzImages, image_files, read_image, stack_images
+from .data.images import Decoding, decode, image_files, read_image, uint8_to_floats
+from .data.sources import NpzImages
 from .draws import calibrated_interval, draw_mean, draw_std
 from .errors import DataError, MIRIError
 from .grids import show_missing, spread_image, to_rgb
@@ -68,11 +69,8 @@ def read_folder(images_dir: Path, masks_dir: Optional[Path], channels: int):
                     raise DataError(f"{file} has no alpha channel: give --masks, or save it with transparency")
             mask = np.asarray(rgba)[..., 3]
         masks.append(_binary(torch.from_numpy(mask.copy()).float() / 255, f"mask of {file.name}")[None])
-    images = [read_image(f, mode) for f in files]
-    sizes = {im.size for im in images}
-    if len(sizes) > 1:
-        raise DataError(f"images in {images_dir} have different sizes {sorted(sizes)}")
-    return [f.stem for f in files], stack_images(images), torch.stack(masks)
+    images = decode(images_dir, files, Decoding(mode), advice="miri-impute fills images of one size at a time")
+    return [f.stem for f in files], uint8_to_floats(images), torch.stack(masks)
 
 
 def read_inputs(args, channels: int):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,12 @@ class HostReads(TorchDispatchMode):
     def __exit__(self, *exc):
         torch.Tensor.tolist = self._tolist
         return super().__exit__(*exc)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _decode_cache(tmp_path_factory):
+    # Decoded image folders go to a folder of this session, not the user's ~/.cache (subprocesses inherit it).
+    os.environ["MIRI_CACHE_DIR"] = str(tmp_path_factory.mktemp("decode-cache"))
 
 
 @pytest.fixture(autouse=True, scope="session")

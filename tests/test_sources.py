@@ -21,8 +21,8 @@ from miri_lightning.data.sources import (
     ImageSource,
     NpzImages,
     Shapes,
-    read_image,
 )
+from miri_lightning.data.images import read_image
 from miri_lightning.errors import ConfigError, DataError
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -346,6 +346,72 @@ def test_image_folder_errors(tmp_path):
         ImageFolder(tmp_path, on_bad_file="ignore")
 
 
+def _cache_files(suffix: str) -> list[Path]:
+    return sorted(Path(os.environ["MIRI_CACHE_DIR"]).glob(f"*{suffix}"))
+
+
+def _random_pngs(folder: Path, count: int, shape=(6, 8, 3), seed: int = 0) -> None:
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        _save(folder / f"im{i}.png", rng.integers(0, 256, shape, np.uint8))
+
+
+def test_image_folder_decodes_once_into_a_cache_that_later_loads_map(tmp_path, monkeypatch, caplog):
+    folder = tmp_path / "photos"
+    _random_pngs(folder, 5)
+    before = set(_cache_files(".u8"))
+    with caplog.at_level("INFO"):
+        ImageFolder(folder).prepare()  # what Lightning's prepare_data does, once per machine
+    made = set(_cache_files(".u8")) - before
+    assert len(made) == 1 and next(iter(made)).stat().st_size == 5 * 6 * 8 * 3
+    assert f"decoding the 5 images of {folder} once, into {next(iter(made))}" in caplog.text
+    assert "0.00 GB" in caplog.text and "later runs with the same files and settings map it" in caplog.text
+    in_memory = ImageFolder(folder, cache=False).load()
+
+    def no_decoding(*args):
+        raise AssertionError("a cached folder was decoded again")
+
+    monkeypatch.setattr("miri_lightning.data.images.read_image", no_decoding)
+    cached = ImageFolder(folder).load()
+    assert cached.eight_bit and cached.shape == (5, 3, 6, 8)
+    assert torch.equal(cached.images, in_memory.images)  # bit for bit what decoding gives
+    assert set(_cache_files(".u8")) - before == made
+    monkeypatch.undo()
+    # Other settings, or a changed file, decode afresh into a new cache.
+    assert ImageFolder(folder, channels=1).load().shape == (5, 1, 6, 8)
+    _random_pngs(folder, 1, shape=(6, 8, 3), seed=9)  # im0.png rewritten
+    changed = ImageFolder(folder).load()
+    assert not torch.equal(changed.images[0], cached.images[0]) and torch.equal(changed.images[1:], cached.images[1:])
+    assert len(set(_cache_files(".u8")) - before) == 3
+
+
+def test_a_decode_that_fails_leaves_no_cache_and_skips_are_reported_on_reuse(tmp_path):
+    folder = tmp_path / "photos"
+    _random_pngs(folder, 3)
+    bad = _truncated(folder, "im1b.png")
+    before = set(_cache_files(""))
+    with pytest.raises(DataError, match=bad):
+        ImageFolder(folder).load()
+    assert set(_cache_files("")) == before  # neither data nor description nor a pending file
+    for _ in range(2):  # decoded, then read from the cache: the same warning and images both times
+        with pytest.warns(UserWarning, match=r"skipped 1 unreadable image files: im1b\.png") as record:
+            data = ImageFolder(folder, on_bad_file="skip").load()
+        assert len(record) == 1 and data.shape == (3, 3, 6, 8)
+
+
+def test_a_cache_without_its_description_is_not_trusted(tmp_path):
+    folder = tmp_path / "photos"
+    _random_pngs(folder, 2)
+    first = ImageFolder(folder).load().images
+    description = [p for p in _cache_files(".json") if p.read_text().count(str(folder.resolve()))]
+    assert len(description) == 1
+    data = description[0].with_suffix(".u8")
+    data.write_bytes(b"\0" * data.stat().st_size)  # as a run killed before its description was written leaves it
+    description[0].unlink()
+    assert torch.equal(ImageFolder(folder).load().images, first)
+
+
 # ---------------------------------------------------------------------------------------------------- CIFAR10
 
 
@@ -382,6 +448,7 @@ def test_cifar10_layout(cifar_root):
     root, rows = cifar_root
     data = CIFAR10(root=root).load()
     assert data.images.shape == (15, 3, 32, 32) and data.images.dtype == torch.float32 and data.masks is None
+    assert data.eight_bit  # kept as the file's bytes until read
     first = rows["data_batch_1"][0]
     # Channel c, row y, column x is byte c * 1024 + y * 32 + x of the row.
     assert data.images[0, 2, 5, 7] == first[2 * 1024 + 5 * 32 + 7] / 255
@@ -478,7 +545,9 @@ def test_celeba_folder(tmp_path):
     _write_celeba_jpegs(tmp_path / "faces")
     _assert_celeba_colors(CelebA(folder=tmp_path / "faces").load().images, CELEBA_COLORS)
     data = CelebA(folder=tmp_path / "faces", num_images=2, image_size=32).load()
-    assert data.images.shape == (2, 3, 32, 32) and data.masks is None
+    assert data.images.shape == (2, 3, 32, 32) and data.masks is None and data.eight_bit
+    uncached = CelebA(folder=tmp_path / "faces", num_images=2, image_size=32, cache=False).load()
+    assert torch.equal(data.images, uncached.images)
 
 
 def _write_celeba_torchvision(root: Path) -> None:

@@ -16,15 +16,11 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_warn
-from PIL import Image, ImageOps
 
-from miri_lightning.data.checks import check_binary, check_unit_range, first_index, shorten
+from miri_lightning.data.checks import check_binary, check_unit_range, first_index
+from miri_lightning.data.images import Decoding, channels_first, decode_once, image_files, uint8_to_floats
 from miri_lightning.errors import ConfigError, DataError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-# Grayscale modes of more than 8 bits per pixel (16-bit PNGs open as I;16, older Pillow gives I).
-HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I", "I;16N")
 
 
 class ImageSet:
@@ -78,71 +74,6 @@ def _check_num_images(source: ImageSource, num_images: int | None) -> int | None
     if num_images is not None and num_images < 1:
         raise ConfigError(f"{type(source).__name__} num_images must be None (all images) or >= 1, got {num_images}")
     return num_images
-
-
-def _uint8_to_tensor(array: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 (N, H, W) or (N, H, W, C) -> float32 (N, C, H, W) in [0, 1]."""
-    # Made contiguous while still uint8, the cheaper copy; float() keeps the layout.
-    return _channels_first(array).contiguous().float().div_(255)
-
-
-def _channels_first(array: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """(N, H, W) or (N, H, W, C) -> an (N, C, H, W) view, no copy (a mapped array stays mapped)."""
-    tensor = torch.as_tensor(array)
-    return (tensor.unsqueeze(-1) if tensor.ndim == 3 else tensor).permute(0, 3, 1, 2)
-
-
-def image_files(folder: Path) -> list[Path]:
-    """The image files of a folder, sorted by name (a DataError when there are none)."""
-    if not folder.is_dir():
-        raise DataError(f"image folder {folder} does not exist or is not a directory")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-    if not files:
-        raise DataError(
-            f"image folder {folder} holds no images (expected files ending in {', '.join(IMAGE_EXTENSIONS)})"
-        )
-    return files
-
-
-def read_image(path: Path, mode: str) -> Image.Image:
-    """A decoded image in PIL `mode` (a DataError naming the file when it cannot be read)."""
-    try:
-        with Image.open(path) as image:
-            image.load()  # decodes the whole file, so truncated files fail here
-            # Phone photos store pixels unrotated plus an EXIF orientation: turn them as viewers show them.
-            return _to_8bit(ImageOps.exif_transpose(image)).convert(mode)
-    # PIL's decoders signal corrupt data with many exception types (struct.error, IndexError, EOFError, ...), and
-    # DecompressionBombError for absurd sizes in a header; any of them means this file cannot be used.
-    except Exception as err:
-        raise DataError(f"cannot read image file {path}: {type(err).__name__}: {err}") from err
-
-
-def _to_8bit(image: Image.Image) -> Image.Image:
-    """16- and 32-bit integer grayscale (16-bit PNGs) scaled to 8-bit L; other modes as they are.
-
-    PIL's own conversion of these modes clips at 255 instead of scaling, which turns most pixels white.
-    """
-    if image.mode not in HIGH_DEPTH_MODES:
-        return image
-    values = np.asarray(image, dtype=np.int64)
-    if values.size and (values.min() < 0 or values.max() > 65535):
-        raise DataError(f"image mode {image.mode} holds values outside 0..65535, expected 16-bit grayscale")
-    return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8))  # 2-D uint8 gives mode L
-
-
-def _center_crop_resize(image: Image.Image, crop: int, size: int) -> Image.Image:
-    """Center crop to a `crop` x `crop` square, then resize to `size` x `size` (bicubic, antialiased)."""
-    # Images smaller than the crop (e.g. already cropped copies) are cropped to their short side instead of padded.
-    crop = min(crop, *image.size)
-    left, top = round((image.width - crop) / 2), round((image.height - crop) / 2)
-    # Cropping first keeps the resize filter from reaching pixels outside the crop; PIL's resize filters over
-    # the whole source support, which antialiases when shrinking.
-    return image.crop((left, top, left + crop, top + crop)).resize((size, size), Image.Resampling.BICUBIC)
-
-
-def stack_images(images: list[Image.Image]) -> torch.Tensor:
-    """Same-sized PIL images -> float32 (N, C, H, W) in [0, 1]."""
-    return _uint8_to_tensor(np.stack([np.asarray(image) for image in images]))
 
 
 class Shapes(ImageSource):
@@ -374,7 +305,7 @@ class NpzImages(ImageSource):
     def _images(self, array: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Checked array -> float32 (N, C, H, W) images with NaN set to 0, and the masks of the NaNs (None if none)."""
         if array.dtype == np.uint8:
-            return _channels_first(array), None  # kept 8-bit (and mapped): read a chunk at a time
+            return channels_first(array), None  # kept 8-bit (and mapped): read a chunk at a time
         images = torch.from_numpy(array.astype(np.float32)).reshape(*array.shape[:3], -1).permute(0, 3, 1, 2)
         observed = ~images.isnan()
         if observed.all():
@@ -420,6 +351,9 @@ class ImageFolder(ImageSource):
         num_images: Use only the first `num_images` readable images (>= 1); None uses all.
         on_bad_file: What to do with a file that cannot be decoded (corrupt or truncated): `fail` stops with an
             error naming it; `skip` leaves it out and warns once with the count and the first names.
+        cache: Decode the files once into an 8-bit cache file (under $MIRI_CACHE_DIR, by default
+            ~/.cache/miri-lightning) that later runs of the same files and settings map; False decodes them
+            into memory on every run.
     """
 
     def __init__(
@@ -429,6 +363,7 @@ class ImageFolder(ImageSource):
         channels: int = 3,
         num_images: int | None = None,
         on_bad_file: Literal["fail", "skip"] = "fail",
+        cache: bool = True,
     ) -> None:
         if channels not in (1, 3):
             raise ConfigError(f"ImageFolder channels must be 1 or 3, got {channels}")
@@ -441,50 +376,19 @@ class ImageFolder(ImageSource):
         self.channels = channels
         self.num_images = _check_num_images(self, num_images)
         self.on_bad_file = on_bad_file
+        self.cache = cache
+
+    def prepare(self) -> None:
+        if self.cache:  # decoded here, once per machine, so that every process maps one file
+            self._decoded()
 
     def load(self) -> ImageSet:
-        files, images = self._read_files(image_files(self.path))
-        if self.image_size is not None:
-            images = [_center_crop_resize(im, min(im.size), self.image_size) for im in images]
-        else:
-            _check_same_size(self.path, files, images)
-        return ImageSet(images=stack_images(images))
+        return ImageSet(images=channels_first(self._decoded()))
 
-    def _read_files(self, files: list[Path]) -> tuple[list[Path], list[Image.Image]]:
-        """The first `num_images` readable files and their images, skipping bad files when asked to."""
-        mode = "RGB" if self.channels == 3 else "L"
-        read, images, bad = [], [], []
-        for file in files:
-            if len(images) == self.num_images:
-                break
-            try:
-                images.append(read_image(file, mode))
-                read.append(file)
-            except DataError:
-                if self.on_bad_file == "fail":
-                    raise
-                bad.append(file.name)
-        if bad:
-            rank_zero_warn(f"ImageFolder {self.path}: skipped {len(bad)} unreadable image files: {shorten(bad)}")
-        if not images:
-            raise DataError(f"image folder {self.path} holds no readable images: all {len(bad)} image files are bad")
-        return read, images
-
-
-def _check_same_size(folder: Path, files: list[Path], images: list[Image.Image]) -> None:
-    """A DataError listing the sizes found, with example files, when the images differ in size."""
-    by_size: dict[tuple[int, int], list[str]] = {}
-    for file, image in zip(files, images):
-        by_size.setdefault(image.size, []).append(file.name)
-    if len(by_size) == 1:
-        return
-    groups = sorted(by_size.items(), key=lambda item: -len(item[1]))
-    listing = "; ".join(f"{w}x{h}: {len(names)} (e.g. {', '.join(names[:3])})" for (w, h), names in groups[:5])
-    listing += f"; and {len(groups) - 5} more sizes" if len(groups) > 5 else ""
-    raise DataError(
-        f"images in {folder} differ in size (width x height: count) - {listing}; set image_size to center-crop "
-        "and resize them all to one square size"
-    )
+    def _decoded(self) -> np.ndarray:
+        decoding = Decoding("RGB" if self.channels == 3 else "L", self.image_size, limit=self.num_images,
+                            skip_bad=self.on_bad_file == "skip")
+        return decode_once(self.path, image_files(self.path), decoding, self.cache)
 
 
 class _TorchvisionSplit(ImageSource):
@@ -524,7 +428,7 @@ class CIFAR10(_TorchvisionSplit):
         except (RuntimeError, OSError, ValueError, EOFError) as err:
             raise DataError(f"cannot load CIFAR-10 from {self.root / 'cifar-10-batches-py'}: {err}") from err
         # `.data` is already a uint8 (N, 32, 32, 3) array: no per-item PIL round trip needed.
-        return ImageSet(images=_uint8_to_tensor(dataset.data[: self.num_images]))
+        return ImageSet(images=channels_first(dataset.data[: self.num_images]))
 
 
 class MNIST(_TorchvisionSplit):
@@ -543,7 +447,7 @@ class MNIST(_TorchvisionSplit):
         # torchvision's IDX parser reports malformed files with assert/TypeError/ValueError.
         except (RuntimeError, OSError, ValueError, TypeError, AssertionError) as err:
             raise DataError(f"cannot load MNIST from {self.root / 'MNIST' / 'raw'}: {err}") from err
-        images = _uint8_to_tensor(dataset.data[: self.num_images])
+        images = uint8_to_floats(dataset.data[: self.num_images])
         # Upsampling 28 -> 32, where bilinear needs no antialiasing and stays within [0, 1].
         return ImageSet(images=F.interpolate(images, size=self.IMAGE_SIZE, mode="bilinear", align_corners=False))
 
@@ -563,6 +467,7 @@ class CelebA(ImageSource):
         folder: A folder of img_align_celeba JPEGs to use instead of torchvision's layout.
         num_images: Use only the first `num_images` images (>= 1); None uses all.
         image_size: Height and width of the resized square images.
+        cache: Decode the files once into an 8-bit cache file, as `ImageFolder` does.
     """
 
     CROP = 140
@@ -575,6 +480,7 @@ class CelebA(ImageSource):
         folder: str | Path | None = None,
         num_images: int | None = None,
         image_size: int = 64,
+        cache: bool = True,
     ) -> None:
         if split not in ("train", "valid", "test", "all"):
             raise ConfigError(f"CelebA split must be one of train, valid, test, all; got {split!r}")
@@ -586,15 +492,21 @@ class CelebA(ImageSource):
         self.folder = None if folder is None else Path(folder)
         self.num_images = _check_num_images(self, num_images)
         self.image_size = image_size
+        self.cache = cache
 
     def prepare(self) -> None:
         if self.download and self.folder is None:
             self._torchvision_files()
+        if self.cache:
+            self._decoded()
 
     def load(self) -> ImageSet:
+        return ImageSet(images=channels_first(self._decoded()))
+
+    def _decoded(self) -> np.ndarray:
         files = image_files(self.folder) if self.folder is not None else self._torchvision_files()
-        images = [read_image(f, "RGB") for f in files[: self.num_images]]
-        return ImageSet(images=stack_images([_center_crop_resize(im, self.CROP, self.image_size) for im in images]))
+        folder = self.folder if self.folder is not None else files[0].parent
+        return decode_once(folder, files, Decoding("RGB", self.image_size, self.CROP, self.num_images), self.cache)
 
     def _torchvision_files(self) -> list[Path]:
         from torchvision.datasets import CelebA as TorchCelebA
