@@ -9,7 +9,7 @@ import torch
 from miri_lightning.baselines import interpolation_fill
 from miri_lightning.data import storage
 from miri_lightning.data.datamodule import MaskedImageDataModule
-from miri_lightning.data.masks import MCAR, CenterBox, RandomBoxes
+from miri_lightning.data.masks import MCAR, MNAR, CenterBox, RandomBoxes
 from miri_lightning.data.sources import ImageSet, ImageSource, NpzImages, Shapes
 from miri_lightning.errors import ConfigError, DataError
 
@@ -263,7 +263,8 @@ def test_memmap_state_on_a_full_disk_names_the_file_and_keeps_the_last_round(tmp
 
 @pytest.mark.parametrize("fill", [dict(init_fill="noise"), dict(init_fill="mean"),
                                   dict(init_fill="interpolation", fill_keep=0.7, fill_noise="auto"),
-                                  dict(init_fill="interpolation", mask=RandomBoxes(seed=1))])  # masked at once
+                                  dict(init_fill="interpolation", mask=MNAR(0.3, strength=1.0, seed=1)),  # masked at once
+                                  dict(init_fill="mean", mask=RandomBoxes(seed=1))])
 def test_the_collection_built_in_chunks_is_the_one_built_at_once(fill, monkeypatch, tmp_path):
     def build(**kwargs):
         return make_dm(source=Shapes(num_images=600, image_size=8, seed=2), **fill, **kwargs)

@@ -340,14 +340,15 @@ def test_mechanisms_build_from_a_jsonargparse_config():
 
 
 @pytest.mark.parametrize("mechanism", [MCAR(0.6, seed=3), MCAR(0.3, per_channel=True, seed=4), CenterBox(0.5),
-                                       AnyOf([MCAR(0.2, seed=1), CenterBox(0.3)])])
+                                       RandomBoxes(2, seed=5), Strokes(2, max_width=0.3, seed=6),
+                                       AnyOf([MCAR(0.2, seed=1), CenterBox(0.3), RandomBoxes(seed=2), Strokes(1)])])
 def test_a_stream_masks_chunk_by_chunk_what_one_call_masks(mechanism):
     images = torch.rand(70, 3, 9, 7)
-    stream = mechanism.stream()
+    stream = mechanism.stream(len(images))
     chunked = torch.cat([stream(images[a:b]) for a, b in ((0, 1), (1, 33), (33, 64), (64, 70))])
     assert torch.equal(chunked, mechanism(images))
 
 
 def test_mechanisms_that_need_the_whole_collection_have_no_stream():
-    for mechanism in (MAR(0.3), MNAR(0.3), RandomBoxes(), AnyOf([MCAR(0.2), MNAR(0.2)])):
-        assert mechanism.stream() is None
+    for mechanism in (MAR(0.3), MNAR(0.3), AnyOf([MCAR(0.2), MNAR(0.2)])):
+        assert mechanism.stream(10) is None

@@ -263,7 +263,7 @@ class MaskedImageDataModule(LightningDataModule):
         """The masks of a chunk of images: the source's own, and `data.mask`'s drawn over them (streamed where
         the mechanism can, else drawn for the whole collection at once)."""
         mechanism = self.mask if self.mask is not None else MCAR(missing_rate=0.6) if loaded.masks is None else None
-        stream = None if mechanism is None else mechanism.stream()
+        stream = None if mechanism is None else mechanism.stream(len(loaded))
 
         @functools.cache
         def whole() -> torch.Tensor:  # drawn at the first chunk, so only by a process that writes the masks

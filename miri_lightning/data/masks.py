@@ -47,10 +47,10 @@ class MaskMechanism(ABC):
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """images float32 (N, C, H, W) in [0, 1] -> bool (N, C, H, W), True = observed."""
 
-    def stream(self) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
-        """Masks for a collection a chunk of images at a time, in order, giving what one call on the whole
-        collection gives; None where an image's masks depend on the other images or on draws made for
-        all of them together (the collection is then masked at once)."""
+    def stream(self, num_images: int) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+        """Masks for a collection of `num_images` images a chunk of images at a time, in order, giving what one
+        call on the whole collection gives; None where an image's masks depend on the other images (the
+        collection is then masked at once)."""
         return None
 
     def __repr__(self) -> str:
@@ -113,6 +113,26 @@ def _expand_channels(observed: torch.Tensor, channels: int) -> torch.Tensor:
     """(N, 1 or C, H, W) -> (N, C, H, W); a materialised copy so callers may edit it in place."""
     n, _, h, w = observed.shape
     return observed.expand(n, channels, h, w).contiguous()
+
+
+def _per_image_stream(num_images: int, draw: Callable[[int, torch.Tensor], list[torch.Tensor]],
+                      render: Callable[[list[torch.Tensor], torch.Tensor], torch.Tensor]):
+    """A stream of masks whose random draws are a few numbers per image: `draw(num_images, first_chunk)` makes
+    them for the whole collection at the first chunk, in the order one call makes them, and `render(draws of
+    the chunk's images, chunk)` turns them into the chunk's masks."""
+    draws: list[torch.Tensor] = []
+    position = 0
+
+    def masks(images: torch.Tensor) -> torch.Tensor:
+        nonlocal position
+        images = _as_images(images)
+        if not draws:
+            draws.extend(draw(num_images, images))
+        rows = slice(position, position + len(images))
+        position = rows.stop
+        return render([d[rows] for d in draws], images)
+
+    return masks
 
 
 def _draw_missing(missing_probability: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -194,7 +214,7 @@ class MCAR(_ProbabilityMechanism):
         self.per_channel = per_channel
         self.seed = seed
 
-    def stream(self) -> Callable[[torch.Tensor], torch.Tensor]:
+    def stream(self, num_images: int) -> Callable[[torch.Tensor], torch.Tensor]:
         generator = _generator(self.seed)  # runs on across the chunks: torch.rand draws in order
 
         def masks(images: torch.Tensor) -> torch.Tensor:
@@ -224,7 +244,7 @@ class CenterBox(MaskMechanism):
         self.size = size
         self.seed = seed
 
-    def stream(self) -> Callable[[torch.Tensor], torch.Tensor]:
+    def stream(self, num_images: int) -> Callable[[torch.Tensor], torch.Tensor]:
         return self  # the same hole in every image
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -258,21 +278,31 @@ class RandomBoxes(MaskMechanism):
         self.max_size = max_size
         self.seed = seed
 
-    def _spans(self, n: int, length: int, generator: torch.Generator) -> torch.Tensor:
+    def _draw(self, n: int, images: torch.Tensor) -> list[torch.Tensor]:
+        """Uniform numbers (n, num_boxes): each box's height and top, then its width and left."""
+        generator = _generator(self.seed)
+        return [torch.rand(n, self.num_boxes, generator=generator) for _ in range(4)]
+
+    def _spans(self, size: torch.Tensor, place: torch.Tensor, length: int) -> torch.Tensor:
         """bool (n, num_boxes, length): which coordinates along one axis each box covers."""
-        fraction = self.min_size + (self.max_size - self.min_size) * torch.rand(n, self.num_boxes, generator=generator)
+        fraction = self.min_size + (self.max_size - self.min_size) * size
         extent = (fraction * length).round().clamp(1, length)
-        start = (torch.rand(n, self.num_boxes, generator=generator) * (length - extent + 1)).floor()
+        start = (place * (length - extent + 1)).floor()
         coords = torch.arange(length, dtype=torch.float32)
         return (coords >= start[..., None]) & (coords < (start + extent)[..., None])
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = _as_images(images).shape
-        generator = _generator(self.seed)
-        rows = self._spans(n, h, generator)
-        cols = self._spans(n, w, generator)
+    def _holes(self, draws: list[torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+        _, c, h, w = images.shape
+        rows, cols = self._spans(draws[0], draws[1], h), self._spans(draws[2], draws[3], w)
         missing = (rows[..., :, None] & cols[..., None, :]).any(dim=1, keepdim=True)
         return _expand_channels(~missing, c)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        images = _as_images(images)
+        return self._holes(self._draw(len(images), images), images)
+
+    def stream(self, num_images: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        return _per_image_stream(num_images, self._draw, self._holes)
 
 
 class Strokes(MaskMechanism):
@@ -302,8 +332,10 @@ class Strokes(MaskMechanism):
         self.max_length = max_length
         self.seed = seed
 
-    def _polylines(self, n: int, h: int, w: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def _polylines(self, n: int, images: torch.Tensor) -> list[torch.Tensor]:
         """Vertices (n, strokes, segments + 1, 2) as PIL (x, y), pixel centres at integers; widths (n, strokes)."""
+        h, w = images.shape[-2:]
+        generator = _generator(self.seed)
         shape, side = (n, self.num_strokes), min(h, w)
         corner = torch.tensor([w - 1, h - 1], dtype=torch.float32)
         start = torch.rand(*shape, 1, 2, generator=generator) * corner
@@ -316,7 +348,7 @@ class Strokes(MaskMechanism):
         vertices = torch.cat([start, start + steps.cumsum(dim=-2)], dim=-2)
         max_width = max(_STROKE_MIN_WIDTH_PX, self.max_width * side)
         widths = _STROKE_MIN_WIDTH_PX + (max_width - _STROKE_MIN_WIDTH_PX) * torch.rand(*shape, generator=generator)
-        return torch.minimum(vertices.clamp(min=0), corner), widths
+        return [torch.minimum(vertices.clamp(min=0), corner), widths]
 
     @staticmethod
     def _paint(polylines: list, widths: list, h: int, w: int) -> np.ndarray:
@@ -332,13 +364,20 @@ class Strokes(MaskMechanism):
                 draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=1)
         return np.asarray(canvas, dtype=bool)
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = _as_images(images).shape
-        vertices, widths = self._polylines(n, h, w, _generator(self.seed))
+    def _strokes(self, polylines: list[torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+        _, c, h, w = images.shape
+        vertices, widths = polylines
         # Python lists: PIL wants plain numbers, and indexing tensors per point is slow.
         painted = [self._paint(p, wd, h, w) for p, wd in zip(vertices.tolist(), widths.tolist())]
         missing = torch.from_numpy(np.stack(painted))
         return _expand_channels(~missing[:, None], c)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        images = _as_images(images)
+        return self._strokes(self._polylines(len(images), images), images)
+
+    def stream(self, num_images: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        return _per_image_stream(num_images, self._polylines, self._strokes)
 
 
 class MAR(_ProbabilityMechanism):
@@ -448,8 +487,8 @@ class AnyOf(MaskMechanism):
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self._union([mechanism.__call__ for mechanism in self.mechanisms], images)
 
-    def stream(self) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
-        streams = [mechanism.stream() for mechanism in self.mechanisms]
+    def stream(self, num_images: int) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+        streams = [mechanism.stream(num_images) for mechanism in self.mechanisms]
         return None if None in streams else functools.partial(self._union, streams)
 
     @staticmethod
