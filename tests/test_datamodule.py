@@ -287,3 +287,17 @@ def test_an_8_bit_source_keeps_8_bit_ground_truth(tmp_path):
         assert torch.equal(dm.truth_values, torch.from_numpy(pixels).permute(0, 3, 1, 2))
         assert torch.equal(dm.imputations[dm.masks], dm.truth[dm.masks])  # observed entries: k/255 exactly
         assert torch.equal(dm.true_images(5), dm.truth[:5])
+
+
+def test_only_the_writer_passes_over_the_collection_and_the_others_read_its_result(monkeypatch, tmp_path):
+    settings = dict(init_fill="interpolation", fill_keep=0.7, fill_noise="auto", state="memmap",
+                    state_dir=str(tmp_path))
+    writer = make_dm(**settings)
+    # Another process of the node: it maps the writer's files and must not read the collection's values again.
+    monkeypatch.setattr(MaskedImageDataModule, "_make_store",
+                        lambda self: storage.MemmapStore(tmp_path / "node0", writer=False, barrier=lambda: None))
+    monkeypatch.setattr(ImageSet, "floats", lambda *args: pytest.fail("a reader passed over the images"))
+    reader = make_dm(**settings)
+    assert reader.fill.state() == writer.fill.state() and reader.fill.noise > 0
+    assert reader.masks_sha1 == writer.masks_sha1
+    assert torch.equal(reader.imputations, writer.imputations) and torch.equal(reader.masks, writer.masks)

@@ -22,6 +22,7 @@ from miri_lightning.data.sources import (
     NpzImages,
     Shapes,
 )
+from miri_lightning.data import storage
 from miri_lightning.data.images import read_image
 from miri_lightning.errors import ConfigError, DataError
 
@@ -108,6 +109,35 @@ def test_npz_uncompressed_uint8_is_mapped_and_read_a_chunk_at_a_time(tmp_path):
         f.seek(data.index(images.tobytes()[:64]))
         f.write(bytes(255 - images[0, 0, 0, :1]))
     assert mapped.floats(0, 1)[0, 0, 0, 0] == (255 - int(images[0, 0, 0, 0])) / np.float32(255)
+
+
+def test_npz_float_images_and_masks_stay_mapped_and_are_checked_a_chunk_at_a_time(tmp_path, monkeypatch):
+    monkeypatch.setattr(storage, "CHUNK_BYTES", 1)  # chunks of 256 images
+    rng = np.random.default_rng(2)
+    images = rng.random((300, 2, 2, 3)).astype(np.float32)
+    masks = rng.random((300, 2, 2)) < 0.8
+    images[280, 1, 0, 2] = np.nan
+    masks[280, 1, 0] = False
+    np.savez(tmp_path / "d.npz", images=images, masks=masks)
+    data = NpzImages(tmp_path / "d.npz").load()
+    expected = torch.from_numpy(np.nan_to_num(images, nan=0.0)).permute(0, 3, 1, 2)
+    assert torch.equal(torch.cat([data.floats(0, 256), data.floats(256, 300)]), expected)
+    assert torch.equal(data.observed(270, 290), torch.from_numpy(masks[270:290, None]).expand(20, 3, 2, 2))
+    # Mapped, not read: bytes changed in the file after load() show in what is read later.
+    with open(tmp_path / "d.npz", "r+b") as f:
+        content = f.read()
+        f.seek(content.index(images[299].tobytes()))
+        f.write(np.zeros(12, np.float32).tobytes())
+        f.seek(content.index(masks[290:].tobytes()))
+        f.write(bytes(40))
+    assert not data.floats(299, 300).any() and not data.observed(290, 300).any()
+    masks[280, 1, 0] = True  # now the mask calls the NaN observed, in the second chunk
+    np.savez(tmp_path / "d.npz", images=images, masks=masks)
+    with pytest.raises(DataError, match=r"is NaN \(missing\) at index \(280, 1, 0, 2\)"):
+        NpzImages(tmp_path / "d.npz").load()
+    np.savez(tmp_path / "d.npz", images=images, masks=np.where(masks, 1, 0).astype(np.int8) * np.int8(2))
+    with pytest.raises(DataError, match=r"must hold only 0/1 .* it holds 2, the first at index \(0, 0, 0\)"):
+        NpzImages(tmp_path / "d.npz").load()
 
 
 def test_npz_float_nhwc_and_num_images(tmp_path):

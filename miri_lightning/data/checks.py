@@ -43,16 +43,20 @@ def check_unit_range(array: np.ndarray, where: str) -> None:
     )
 
 
-def check_binary(array: np.ndarray, where: str) -> None:
-    """Mask values must be bool or the numbers 0 and 1; the error names the bad values and the first index."""
+def check_binary(array: np.ndarray, where: str, offset: int = 0) -> None:
+    """Mask values must be bool or the numbers 0 and 1; the error names the bad values and the first index
+    (`offset` is added to the first axis's, for an array that is a chunk of a larger one)."""
     if not (array.dtype == bool or np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise DataError(f"{where} has dtype {array.dtype}, expected bool or the numbers 0/1 (1 = observed)")
+    if array.dtype == bool:
+        return
     bad = ~np.isin(array, (0, 1))
     if bad.any():
         values = np.unique(array[bad])
+        index = first_index(bad)
         raise DataError(
             f"{where} must hold only 0/1 (1 = observed); it holds {shorten(values.tolist())}, "
-            f"the first at index {first_index(bad)}"
+            f"the first at index {(index[0] + offset, *index[1:])}"
         )
 
 

@@ -236,20 +236,22 @@ class MaskedImageDataModule(LightningDataModule):
         entries = math.prod(loaded.shape)
         mode = choose_mode(self.state, entries, processes)
         self.store = self._make_store() if mode == "memmap" else None
-        check_fits(mode, entries, loaded.values.element_size() if loaded.masks is None else 0, processes,
+        check_fits(mode, entries, 0 if loaded.has_masks else 1 if loaded.eight_bit else 4, processes,
                    None if self.store is None else self.store.folder)
-        self.masks = self._build("masks.npy", loaded.shape, torch.bool, self._mask_chunks(loaded))
+        # The masks never change after this: hashed as they are written, not at every checkpoint.
+        digest = hashlib.sha1()
+        self.masks = self._build("masks.npy", loaded.shape, torch.bool, self._mask_chunks(loaded), digest)
         self._check_collection(loaded.shape)
         self.val_indices, self.train_indices = self._split(len(loaded))
-        # The masks never change after this: hash them once, not at every checkpoint.
-        digest = hashlib.sha1()
-        for rows in chunk_rows(loaded.shape):
-            digest.update(self.masks[rows].numpy().tobytes())
-        self.masks_sha1 = digest.hexdigest()
-        self.fill, fallback = self._round_zero_fill(loaded)
+        # Passes over the whole collection: made by the process that writes the state, read by the others.
+        summary = self._on_writer("round0.pt", lambda: {"masks_sha1": digest.hexdigest(),
+                                                         **self._round_zero_fill(loaded)})
+        self.masks_sha1, fallback = summary["masks_sha1"], summary["fallback"]
+        self.fill = RoundZeroFill.from_state(summary)
         # Ground truth exists only where every missing entry was hidden by us; 8-bit sources stay 8-bit.
-        self.truth_values = None if loaded.masks is not None else self._build(
-            "truth.npy", loaded.shape, loaded.values.dtype, lambda rows: loaded.values[rows])
+        self.truth_values = None if loaded.has_masks else self._build(
+            "truth.npy", loaded.shape, torch.uint8 if loaded.eight_bit else torch.float32,
+            lambda rows: loaded.values[rows] if loaded.eight_bit else loaded.floats(rows.start, rows.stop))
         fill = self.fill.stream(self.seed, fallback)
         self.imputations = self._build(round_file(0), loaded.shape, torch.float32,
                                        lambda rows: fill(loaded.floats(rows.start, rows.stop), self.masks[rows]))
@@ -262,7 +264,7 @@ class MaskedImageDataModule(LightningDataModule):
     def _mask_chunks(self, loaded: ImageSet) -> Callable[[slice], torch.Tensor]:
         """The masks of a chunk of images: the source's own, and `data.mask`'s drawn over them (streamed where
         the mechanism can, else drawn for the whole collection at once)."""
-        mechanism = self.mask if self.mask is not None else MCAR(missing_rate=0.6) if loaded.masks is None else None
+        mechanism = self.mask if self.mask is not None else None if loaded.has_masks else MCAR(missing_rate=0.6)
         stream = None if mechanism is None else mechanism.stream(len(loaded))
 
         @functools.cache
@@ -274,13 +276,14 @@ class MaskedImageDataModule(LightningDataModule):
                 drawn = stream(loaded.floats(rows.start, rows.stop))
             else:
                 drawn = None if mechanism is None else whole()[rows]
-            own = None if loaded.masks is None else loaded.masks[rows].bool()
+            own = loaded.observed(rows.start, rows.stop)
             return drawn if own is None else own if drawn is None else own & drawn
 
         return masks
 
-    def _round_zero_fill(self, loaded: ImageSet) -> tuple[RoundZeroFill, Optional[torch.Tensor]]:
-        """Round 0's fill, and the collection's observed mean where the fill reads one (passes over the data)."""
+    def _round_zero_fill(self, loaded: ImageSet) -> dict:
+        """Round 0's fill (its checkpoint state) and, as `fallback`, the collection's observed mean where the
+        fill reads one (passes over the data)."""
         chunks = [lambda rows=rows: (loaded.floats(rows.start, rows.stop), self.masks[rows])
                   for rows in chunk_rows(loaded.shape)]
         fallback = None
@@ -299,12 +302,20 @@ class MaskedImageDataModule(LightningDataModule):
             fill = replace(fill, noise=self.fill_noise_scale * error.result())
             rank_zero_info(f"MIRI data: data.fill_noise auto: {fill.noise:.4f}, {self.fill_noise_scale:g} x the "
                            f"{self.init_fill} fill's error on observed entries hidden from it")
-        return fill, fallback
+        return {**fill.state(), "fallback": fallback}
+
+    def _on_writer(self, name: str, compute: Callable[[], dict]) -> dict:
+        """`compute()` where the state is built; under memmap only the node's writer computes it, and the
+        others read its result from the state folder."""
+        if self.store is None:
+            return compute()
+        return self.store.shared(name, compute)
 
     def _build(self, name: str, shape: tuple[int, ...], dtype: torch.dtype,
-               chunk: Callable[[slice], torch.Tensor]) -> torch.Tensor:
+               chunk: Callable[[slice], torch.Tensor], digest: Optional["hashlib._Hash"] = None) -> torch.Tensor:
         """A collection-sized tensor written a chunk of images at a time, in order: into shared memory, or
-        (memmap) into a file that one process of the node writes and every process then maps."""
+        (memmap) into a file that one process of the node writes and every process then maps. `digest` is
+        updated with the bytes written."""
         if self.store is None:
             out = torch.empty(shape, dtype=dtype).share_memory_()
         else:
@@ -312,6 +323,8 @@ class MaskedImageDataModule(LightningDataModule):
         if out is not None:
             for rows in chunk_rows(shape):
                 out[rows] = chunk(rows)
+                if digest is not None:
+                    digest.update(out[rows].numpy().tobytes())
         return out if self.store is None else self.store.commit(name)
 
     @property

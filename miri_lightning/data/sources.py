@@ -19,23 +19,30 @@ import torch.nn.functional as F
 
 from miri_lightning.data.checks import check_binary, check_unit_range, first_index
 from miri_lightning.data.images import Decoding, channels_first, decode_once, image_files, uint8_to_floats
+from miri_lightning.data.storage import chunk_rows
 from miri_lightning.errors import ConfigError, DataError
 
 
 
 class ImageSet:
-    """A whole image collection, kept as the source gives it: 8-bit sources stay 8-bit (and a mapped
-    file stays on disk) until a consumer reads them, whole (`images`) or a few images at a time (`floats`).
+    """A whole image collection, kept as the source gives it: 8-bit sources stay 8-bit (and a mapped file stays
+    on disk) until a consumer reads them, whole (`images`, `masks`) or a few images at a time (`floats`,
+    `observed`).
 
     Args:
-        images: (N, C, H, W), float32 in [0, 1] or uint8 (k stands for k/255).
-        masks: bool (N, C, H, W), True = observed; None when the source has no masks of its own.
+        images: (N, C, H, W), uint8 (k stands for k/255) or float in [0, 1], where NaN marks a missing entry
+            when `nan_missing`.
+        masks: (N, 1 or C, H, W) tensor or array, bool or 0/1 (1 = observed; one channel is shared by all),
+            or None.
+        nan_missing: whether NaN values in `images` mark missing entries (then `masks` is None).
     """
 
-    def __init__(self, images: torch.Tensor, masks: torch.Tensor | None = None):
-        if images.dtype not in (torch.uint8, torch.float32):
-            raise TypeError(f"ImageSet images must be uint8 or float32, got {images.dtype}")
-        self.values, self.masks = images, masks
+    def __init__(self, images: torch.Tensor, masks: torch.Tensor | None = None, nan_missing: bool = False):
+        if images.dtype != torch.uint8 and not images.dtype.is_floating_point:
+            raise TypeError(f"ImageSet images must be uint8 or float, got {images.dtype}")
+        if nan_missing and masks is not None:
+            raise ValueError("ImageSet takes its missing entries from masks or from NaN values, not both")
+        self.values, self.own_masks, self.nan_missing = images, masks, nan_missing
 
     def __len__(self) -> int:
         return len(self.values)
@@ -50,14 +57,35 @@ class ImageSet:
         return self.values.dtype == torch.uint8
 
     @property
+    def has_masks(self) -> bool:
+        """Whether the source marks missing entries itself (then there is no ground truth for them)."""
+        return self.own_masks is not None or self.nan_missing
+
+    @property
     def images(self) -> torch.Tensor:
-        """All images as float32 (N, C, H, W) in [0, 1]."""
+        """All images as float32 (N, C, H, W) in [0, 1], 0 where missing."""
         return self.floats(0, len(self))
+
+    @property
+    def masks(self) -> torch.Tensor | None:
+        """All the source's masks, bool (N, C, H, W), True = observed; None when it has none."""
+        return self.observed(0, len(self))
 
     def floats(self, start: int, stop: int) -> torch.Tensor:
         """Images start..stop-1 as float32 in [0, 1]: k/255 computed in float32, as a whole read gives."""
         chunk = self.values[start:stop]
-        return chunk.float().div_(255) if self.eight_bit else chunk
+        if self.eight_bit:
+            return chunk.float().div_(255)
+        return torch.nan_to_num(chunk.float(), 0.0)  # NaN is missing (masked by the source): 0, as a fill starts
+
+    def observed(self, start: int, stop: int) -> torch.Tensor | None:
+        """The source's masks of images start..stop-1, bool (n, C, H, W); None when it has none."""
+        if self.nan_missing:
+            return ~self.values[start:stop].isnan()
+        if self.own_masks is None:
+            return None
+        chunk = torch.as_tensor(np.asarray(self.own_masks[start:stop], dtype=bool))
+        return chunk.expand(len(chunk), *self.shape[1:]).contiguous()
 
 
 class ImageSource(ABC):
@@ -229,14 +257,15 @@ class NpzImages(ImageSource):
         arrays = {k: a[: self.num_images] for k, a in arrays.items()}
         array = arrays[self.key]
         self._check_images(array)
+        if not array.dtype.isnative:  # torch reads native byte order only
+            array = array.astype(array.dtype.newbyteorder("="))
         if self.mask_key not in arrays:
-            return ImageSet(*self._images(array))
-        mask_array = arrays[self.mask_key]
-        self._check_masks(mask_array, array)
-        images, _ = self._images(array)
-        n, c, h, w = images.shape
-        masks = torch.from_numpy(mask_array.astype(bool)).reshape(n, h, w, -1).permute(0, 3, 1, 2)
-        return ImageSet(images=images, masks=masks.expand(n, c, h, w).contiguous())
+            return ImageSet(channels_first(array), nan_missing=array.dtype != np.uint8 and _has_nan(array))
+        masks = arrays[self.mask_key]
+        self._check_masks(masks, array)
+        n, h, w = array.shape[:3]
+        # Kept as they are (mapped, if the member is stored): bools are made a chunk at a time.
+        return ImageSet(channels_first(array), masks=masks.reshape(n, h, w, -1).transpose(0, 3, 1, 2))
 
     def _read_arrays(self) -> dict[str, np.ndarray]:
         try:
@@ -288,29 +317,30 @@ class NpzImages(ImageSource):
         check_unit_range(array, where)
 
     def _check_masks(self, masks: np.ndarray, images: np.ndarray) -> None:
+        """0/1 masks that call no NaN image entry observed, checked a chunk of images at a time."""
         where = self._where(self.mask_key)
-        check_binary(masks, where)
-        if images.dtype == np.uint8:
-            return
-        # (N, H, W, C) views of both, so a mask shared by the channels broadcasts over them.
-        n, h, w = images.shape[:3]
-        contradicts = np.isnan(images.reshape(n, h, w, -1)) & masks.reshape(n, h, w, -1).astype(bool)
-        if contradicts.any():
-            index = first_index(contradicts)[: images.ndim]
-            raise DataError(
-                f"{self._where(self.key)} is NaN (missing) at index {index}, where {where} says observed (1); "
-                "expected the masks to be 0 wherever the images are NaN"
-            )
+        h, w = images.shape[1:3]
+        for rows in chunk_rows(images.shape):
+            chunk = masks[rows]
+            check_binary(chunk, where, offset=rows.start)
+            if images.dtype == np.uint8:
+                continue
+            # (n, H, W, C) views of both, so a mask shared by the channels broadcasts over them.
+            contradicts = np.isnan(images[rows].reshape(len(chunk), h, w, -1))
+            contradicts &= chunk.reshape(len(chunk), h, w, -1).astype(bool)
+            if contradicts.any():
+                index = first_index(contradicts)[: images.ndim]
+                index = (index[0] + rows.start, *index[1:])
+                raise DataError(
+                    f"{self._where(self.key)} is NaN (missing) at index {index}, where {where} says observed (1); "
+                    "expected the masks to be 0 wherever the images are NaN"
+                )
 
-    def _images(self, array: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Checked array -> float32 (N, C, H, W) images with NaN set to 0, and the masks of the NaNs (None if none)."""
-        if array.dtype == np.uint8:
-            return channels_first(array), None  # kept 8-bit (and mapped): read a chunk at a time
-        images = torch.from_numpy(array.astype(np.float32)).reshape(*array.shape[:3], -1).permute(0, 3, 1, 2)
-        observed = ~images.isnan()
-        if observed.all():
-            return images.contiguous(), None
-        return images.nan_to_num(0.0).contiguous(), observed.contiguous()
+
+def _has_nan(array: np.ndarray) -> bool:
+    """Whether a float array holds a NaN (the float64 sum of finite values in [0, 1] is finite), without a
+    copy the size of the array."""
+    return bool(np.isnan(np.add.reduce(array, axis=None, dtype=np.float64)))
 
 
 def _stored(archive: np.lib.npyio.NpzFile, key: str) -> bool:

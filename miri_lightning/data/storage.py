@@ -151,6 +151,18 @@ class MemmapStore:
             pending.copy_(tensor)
         return self.commit(name)
 
+    def shared(self, name: str, compute: Callable[[], dict]) -> dict:
+        """`compute()` on the writer, saved as `name` (tensors and plain values); every process returns it."""
+        if self.writer:
+            result = compute()
+            try:
+                torch.save(result, self.path(PENDING))
+                os.replace(self.path(PENDING), self.path(name))
+            except OSError as err:
+                raise OutputError(f"could not write {self.path(name)}: {err.strerror or err}") from err
+        self.barrier()
+        return result if self.writer else torch.load(self.path(name), weights_only=True)
+
     def open(self, name: str) -> torch.Tensor:
         """Map an existing file (read-write: the collection is replaced by new files, never edited)."""
         path = self.path(name)
