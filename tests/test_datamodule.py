@@ -9,7 +9,7 @@ import torch
 from miri_lightning.baselines import interpolation_fill
 from miri_lightning.data import storage
 from miri_lightning.data.datamodule import MaskedImageDataModule
-from miri_lightning.data.masks import MCAR, MNAR, CenterBox, RandomBoxes
+from miri_lightning.data.masks import MCAR, MNAR, CenterBox, MaskMechanism, RandomBoxes
 from miri_lightning.data.sources import ImageSet, ImageSource, NpzImages, Shapes
 from miri_lightning.errors import ConfigError, DataError
 
@@ -261,9 +261,17 @@ def test_memmap_state_on_a_full_disk_names_the_file_and_keeps_the_last_round(tmp
     assert not (tmp_path / "round001.npy").exists()
 
 
+class WholeCollection(MaskMechanism):
+    """A mechanism of one's own, with no stream: the collection is masked at once."""
+
+    def __call__(self, images):
+        return MCAR(0.5, seed=4)(images)
+
+
 @pytest.mark.parametrize("fill", [dict(init_fill="noise"), dict(init_fill="mean"),
                                   dict(init_fill="interpolation", fill_keep=0.7, fill_noise="auto"),
-                                  dict(init_fill="interpolation", mask=MNAR(0.3, strength=1.0, seed=1)),  # masked at once
+                                  dict(init_fill="interpolation", mask=MNAR(0.3, strength=1.0, seed=1)),
+                                  dict(init_fill="noise", mask=WholeCollection()),  # masked at once
                                   dict(init_fill="mean", mask=RandomBoxes(seed=1))])
 def test_the_collection_built_in_chunks_is_the_one_built_at_once(fill, monkeypatch, tmp_path):
     def build(**kwargs):

@@ -341,14 +341,34 @@ def test_mechanisms_build_from_a_jsonargparse_config():
 
 @pytest.mark.parametrize("mechanism", [MCAR(0.6, seed=3), MCAR(0.3, per_channel=True, seed=4), CenterBox(0.5),
                                        RandomBoxes(2, seed=5), Strokes(2, max_width=0.3, seed=6),
-                                       AnyOf([MCAR(0.2, seed=1), CenterBox(0.3), RandomBoxes(seed=2), Strokes(1)])])
+                                       MAR(0.3, strength=3.0, seed=7), MNAR(0.4, strength=-2.0, seed=8),
+                                       AnyOf([MCAR(0.2, seed=1), CenterBox(0.3), RandomBoxes(seed=2), Strokes(1),
+                                              MNAR(0.1, seed=3)])])
 def test_a_stream_masks_chunk_by_chunk_what_one_call_masks(mechanism):
     images = torch.rand(70, 3, 9, 7)
-    stream = mechanism.stream(len(images))
-    chunked = torch.cat([stream(images[a:b]) for a, b in ((0, 1), (1, 33), (33, 64), (64, 70))])
-    assert torch.equal(chunked, mechanism(images))
+    cuts = [images[a:b] for a, b in ((0, 1), (1, 33), (33, 64), (64, 70))]
+    stream = mechanism.stream(len(images), lambda: iter(cuts))
+    assert torch.equal(torch.cat([stream(chunk) for chunk in cuts]), mechanism(images))
 
 
-def test_mechanisms_that_need_the_whole_collection_have_no_stream():
-    for mechanism in (MAR(0.3), MNAR(0.3), AnyOf([MCAR(0.2), MNAR(0.2)])):
-        assert mechanism.stream(10) is None
+def test_a_fitted_stream_reads_the_collection_before_its_first_chunk_and_reaches_its_rate():
+    images = torch.rand(300, 1, 16, 16)
+    passes = []
+
+    def chunks():
+        passes.append(0)
+        return (images[a : a + 100] for a in range(0, 300, 100))
+
+    stream = MNAR(0.35, strength=4.0, seed=1).stream(len(images), chunks)
+    assert len(passes) == 2  # the statistic's moments, then the histogram of the scores
+    masks = torch.cat([stream(chunk) for chunk in chunks()])
+    assert abs(missing_fraction(masks) - 0.35) < 0.01
+
+
+def test_a_mechanism_of_ones_own_is_masked_at_once():
+    class Half(MaskMechanism):
+        def __call__(self, images):
+            return torch.arange(images[0].numel()).reshape(images.shape[1:]).expand_as(images) % 2 == 0
+
+    assert Half().stream(10, lambda: []) is None
+    assert AnyOf([MCAR(0.2), Half()]).stream(10, lambda: []) is None

@@ -265,7 +265,8 @@ class MaskedImageDataModule(LightningDataModule):
         """The masks of a chunk of images: the source's own, and `data.mask`'s drawn over them (streamed where
         the mechanism can, else drawn for the whole collection at once)."""
         mechanism = self.mask if self.mask is not None else None if loaded.has_masks else MCAR(missing_rate=0.6)
-        stream = None if mechanism is None else mechanism.stream(len(loaded))
+        stream = None if mechanism is None else mechanism.stream(
+            len(loaded), lambda: (loaded.floats(rows.start, rows.stop) for rows in chunk_rows(loaded.shape)))
 
         @functools.cache
         def whole() -> torch.Tensor:  # drawn at the first chunk, so only by a process that writes the masks

@@ -14,7 +14,7 @@ and the masks are returned on the CPU.
 import functools
 import math
 from abc import ABC, abstractmethod
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from PIL import Image, ImageDraw
 
 from miri_lightning.data.checks import first_index
 from miri_lightning.errors import ConfigError, DataError
+
+# Passes over a collection's images, float32 (n, C, H, W) chunks in order: each call starts a new pass.
+Chunks = Callable[[], Iterable[torch.Tensor]]
 
 __all__ = ["MaskMechanism", "MCAR", "CenterBox", "RandomBoxes", "Strokes", "MAR", "MNAR", "AnyOf"]
 
@@ -47,10 +50,10 @@ class MaskMechanism(ABC):
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """images float32 (N, C, H, W) in [0, 1] -> bool (N, C, H, W), True = observed."""
 
-    def stream(self, num_images: int) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+    def stream(self, num_images: int, chunks: Chunks) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
         """Masks for a collection of `num_images` images a chunk of images at a time, in order, giving what one
-        call on the whole collection gives; None where an image's masks depend on the other images (the
-        collection is then masked at once)."""
+        call on the whole collection gives; `chunks()` passes over the collection's images (for mechanisms
+        that fit statistics of the whole collection first). None: the collection is masked at once."""
         return None
 
     def __repr__(self) -> str:
@@ -140,19 +143,52 @@ def _draw_missing(missing_probability: torch.Tensor, generator: torch.Generator)
     return torch.rand(missing_probability.shape, generator=generator) < missing_probability
 
 
-def _fit_bias(scores: torch.Tensor, target: float) -> float:
-    """Bias b with mean(sigmoid(scores + b)) == target, by bisection (the mean increases with b).
+class _Moments:
+    """Mean, standard deviation, minimum and maximum of values streamed in chunks of any size: summed in float64
+    by fixed blocks of values (a partial block is carried to the next chunk), so that the result does not
+    depend on where the stream is cut."""
 
-    The scores are first binned into a fine histogram so each bisection step is cheap
-    however large the collection; using bin centres moves the rate by at most
-    range(scores) / (8 * bins), about 1e-4 for strength 5.
+    BLOCK = 1 << 16
+
+    def __init__(self):
+        self.carry = torch.empty(0, dtype=torch.float64)
+        self.count, self.total, self.squares = 0, 0.0, 0.0
+        self.low, self.high = math.inf, -math.inf
+
+    def add(self, values: torch.Tensor) -> None:
+        if values.numel():
+            self.low, self.high = min(self.low, float(values.min())), max(self.high, float(values.max()))
+        values = torch.cat([self.carry, values.flatten().double()])
+        whole = len(values) // self.BLOCK * self.BLOCK
+        self._sum(values[:whole].view(-1, self.BLOCK))
+        self.carry = values[whole:].clone()
+
+    def _sum(self, blocks: torch.Tensor) -> None:
+        for total, squares in zip(blocks.sum(1).tolist(), blocks.square().sum(1).tolist()):
+            self.total, self.squares = self.total + total, self.squares + squares
+        self.count += blocks.numel()
+
+    def result(self) -> tuple[float, float]:
+        """(mean, standard deviation with Bessel's correction; 0 for a single value)."""
+        if len(self.carry):
+            self._sum(self.carry[None])
+            self.carry = self.carry[:0]
+        mean = self.total / self.count
+        variance = (self.squares - self.total * mean) / (self.count - 1) if self.count > 1 else 0.0
+        return mean, math.sqrt(max(variance, 0.0))
+
+
+def _fit_bias(counts: np.ndarray, low_score: float, high_score: float, target: float) -> float:
+    """Bias b with mean(sigmoid(scores + b)) == target, by bisection (the mean increases with b), from a
+    histogram of the scores: `counts` in `_BIAS_BINS` equal bins over [low_score, high_score].
+
+    A fine histogram makes each bisection step cheap however large the collection; using bin centres moves
+    the rate by at most range(scores) / (8 * bins), about 1e-4 for strength 5.
     """
     if target <= 0:
         return -math.inf
-    low_score, high_score = float(scores.min()), float(scores.max())
     if low_score == high_score:
         return math.log(target / (1 - target)) - low_score
-    counts = torch.histc(scores.float(), bins=_BIAS_BINS, min=low_score, max=high_score).double().numpy()
     # numpy for the loop (no thread pool): on these small arrays a pool's start-up costs more than the work.
     occupied = counts > 0
     centres = np.linspace(low_score, high_score, 2 * _BIAS_BINS + 1)[1::2][occupied]
@@ -167,13 +203,6 @@ def _fit_bias(scores: torch.Tensor, target: float) -> float:
     return 0.5 * (low + high)
 
 
-def _standardise(values: torch.Tensor) -> torch.Tensor:
-    """Zero mean, unit std over the collection; constant values map to 0 (no signal, no NaN)."""
-    std = values.std() if values.numel() > 1 else values.new_zeros(())
-    centred = values - values.mean()
-    return centred / std if float(std) > 0 else torch.zeros_like(centred)
-
-
 def _brightness(images: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) -> (N, 1, H, W) mean over channels: one value per pixel, as the masks are shared."""
     return images.mean(dim=1, keepdim=True)
@@ -185,13 +214,68 @@ class _ProbabilityMechanism(MaskMechanism):
     seed: int
 
     @abstractmethod
-    def missing_probability(self, images: torch.Tensor) -> torch.Tensor:
-        """float (N, 1 or C, H, W): the probability that each entry is missing."""
+    def missing_probability(self, images: torch.Tensor, fitted: object = None) -> torch.Tensor:
+        """float (N, 1 or C, H, W): the probability that each entry is missing, given what `fit` found in the
+        collection (None: fit these images)."""
+
+    def fit(self, chunks: Chunks) -> object:
+        """What the probability needs to know of the whole collection (nothing, here)."""
+        return None
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         images = _as_images(images)
-        missing = _draw_missing(self.missing_probability(images), _generator(self.seed))
-        return _expand_channels(~missing, images.shape[1])
+        return self.stream(len(images), lambda: [images])(images)
+
+    def stream(self, num_images: int, chunks: Chunks) -> Callable[[torch.Tensor], torch.Tensor]:
+        fitted = self.fit(chunks)
+        generator = _generator(self.seed)  # runs on across the chunks: torch.rand draws in order
+
+        def masks(images: torch.Tensor) -> torch.Tensor:
+            images = _as_images(images)
+            missing = _draw_missing(self.missing_probability(images, fitted), generator)
+            return _expand_channels(~missing, images.shape[1])
+
+        return masks
+
+
+class _ScoredMechanism(_ProbabilityMechanism):
+    """Missing with probability sigmoid(strength * z + bias): z a statistic of the images standardised over
+    the collection, the bias fitted so that the expected rate is the target. Two passes fit them: the
+    statistic's moments, then a histogram of the scores."""
+
+    strength: float
+
+    @abstractmethod
+    def statistic(self, images: torch.Tensor) -> torch.Tensor:
+        """The values that drive missingness, one per image and position."""
+
+    @abstractmethod
+    def target(self, shape: tuple[int, ...]) -> float:
+        """The missing rate the scores must reach, for images of `shape`."""
+
+    def _scores(self, values: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+        # Constant values carry no signal: z = 0, not NaN.
+        z = (values - mean) / std if std > 0 else torch.zeros_like(values)
+        return self.strength * z
+
+    def fit(self, chunks: Chunks) -> tuple[float, float, float]:
+        moments, shape = _Moments(), None
+        for images in chunks():
+            moments.add(self.statistic(images))
+            shape = tuple(images.shape)
+        mean, std = moments.result()
+        # The score is monotonic in the statistic, so its extremes are the extremes' scores.
+        low, high = (float(v) for v in self._scores(torch.tensor([moments.low, moments.high]), mean, std).aminmax())
+        counts = np.zeros(_BIAS_BINS)
+        if low < high:
+            for images in chunks():
+                scores = self._scores(self.statistic(images), mean, std)
+                counts += torch.histc(scores, bins=_BIAS_BINS, min=low, max=high).double().numpy()
+        return mean, std, _fit_bias(counts, low, high, self.target(shape))
+
+    def _probability(self, images: torch.Tensor, fitted: Optional[tuple[float, float, float]]) -> torch.Tensor:
+        mean, std, bias = fitted if fitted is not None else self.fit(lambda: [images])
+        return torch.sigmoid(self._scores(self.statistic(images), mean, std) + bias)
 
 
 # ----------------------------------------------------------------------------- mechanisms
@@ -214,16 +298,7 @@ class MCAR(_ProbabilityMechanism):
         self.per_channel = per_channel
         self.seed = seed
 
-    def stream(self, num_images: int) -> Callable[[torch.Tensor], torch.Tensor]:
-        generator = _generator(self.seed)  # runs on across the chunks: torch.rand draws in order
-
-        def masks(images: torch.Tensor) -> torch.Tensor:
-            images = _as_images(images)
-            return _expand_channels(~_draw_missing(self.missing_probability(images), generator), images.shape[1])
-
-        return masks
-
-    def missing_probability(self, images: torch.Tensor) -> torch.Tensor:
+    def missing_probability(self, images: torch.Tensor, fitted: object = None) -> torch.Tensor:
         n, c, h, w = images.shape
         # A broadcast view: the draw needs the shape, not c * h * w copies of one number.
         return torch.tensor(float(self.missing_rate)).expand(n, c if self.per_channel else 1, h, w)
@@ -244,7 +319,7 @@ class CenterBox(MaskMechanism):
         self.size = size
         self.seed = seed
 
-    def stream(self, num_images: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    def stream(self, num_images: int, chunks: Chunks) -> Callable[[torch.Tensor], torch.Tensor]:
         return self  # the same hole in every image
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -301,7 +376,7 @@ class RandomBoxes(MaskMechanism):
         images = _as_images(images)
         return self._holes(self._draw(len(images), images), images)
 
-    def stream(self, num_images: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    def stream(self, num_images: int, chunks: Chunks) -> Callable[[torch.Tensor], torch.Tensor]:
         return _per_image_stream(num_images, self._draw, self._holes)
 
 
@@ -376,11 +451,11 @@ class Strokes(MaskMechanism):
         images = _as_images(images)
         return self._strokes(self._polylines(len(images), images), images)
 
-    def stream(self, num_images: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    def stream(self, num_images: int, chunks: Chunks) -> Callable[[torch.Tensor], torch.Tensor]:
         return _per_image_stream(num_images, self._polylines, self._strokes)
 
 
-class MAR(_ProbabilityMechanism):
+class MAR(_ScoredMechanism):
     """Missing at random: missingness depends only on an always-observed part of the image.
 
     The top ``observed_fraction`` of rows (rounded, at least one row) is never missing.
@@ -422,8 +497,8 @@ class MAR(_ProbabilityMechanism):
         """Number of rows at the top that are always observed for images of this height."""
         return min(height, max(1, round(self.observed_fraction * height)))
 
-    def missing_probability(self, images: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = images.shape
+    def target(self, shape: tuple[int, ...]) -> float:
+        h = shape[2]
         band = self.band_rows(h)
         # Below the band every column has h - band pixels, so hitting the whole-image rate
         # means hitting this larger rate among the rows that may go missing.
@@ -431,16 +506,21 @@ class MAR(_ProbabilityMechanism):
             raise DataError(
                 f"MAR: images of height {h} keep {band} rows observed, too many for missing_rate {self.missing_rate}"
             )
-        target = self.missing_rate * h / (h - band) if self.missing_rate > 0 else 0.0
-        column_mean = _brightness(images[:, :, :band]).mean(dim=2)  # (N, 1, W)
-        scores = self.strength * _standardise(column_mean)
-        column_probability = torch.sigmoid(scores + _fit_bias(scores, target))
+        return self.missing_rate * h / (h - band) if self.missing_rate > 0 else 0.0
+
+    def statistic(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 1, W): the mean brightness of the observed band in each column."""
+        return _brightness(images[:, :, : self.band_rows(images.shape[2])]).mean(dim=2)
+
+    def missing_probability(self, images: torch.Tensor, fitted: object = None) -> torch.Tensor:
+        n, _, h, w = images.shape
+        column_probability = self._probability(images, fitted)
         probability = column_probability[:, :, None, :].expand(n, 1, h, w).clone()
-        probability[:, :, :band] = 0
+        probability[:, :, : self.band_rows(h)] = 0
         return probability
 
 
-class MNAR(_ProbabilityMechanism):
+class MNAR(_ScoredMechanism):
     """Missing not at random: a pixel's chance to be missing depends on its own value.
 
     A pixel is missing with probability ``sigmoid(strength * z + bias)``, where z is its
@@ -462,9 +542,14 @@ class MNAR(_ProbabilityMechanism):
         self.strength = strength
         self.seed = seed
 
-    def missing_probability(self, images: torch.Tensor) -> torch.Tensor:
-        scores = self.strength * _standardise(_brightness(images))
-        return torch.sigmoid(scores + _fit_bias(scores, self.missing_rate))
+    def target(self, shape: tuple[int, ...]) -> float:
+        return self.missing_rate
+
+    def statistic(self, images: torch.Tensor) -> torch.Tensor:
+        return _brightness(images)
+
+    def missing_probability(self, images: torch.Tensor, fitted: object = None) -> torch.Tensor:
+        return self._probability(images, fitted)
 
 
 class AnyOf(MaskMechanism):
@@ -487,8 +572,8 @@ class AnyOf(MaskMechanism):
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self._union([mechanism.__call__ for mechanism in self.mechanisms], images)
 
-    def stream(self, num_images: int) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
-        streams = [mechanism.stream(num_images) for mechanism in self.mechanisms]
+    def stream(self, num_images: int, chunks: Chunks) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+        streams = [mechanism.stream(num_images, chunks) for mechanism in self.mechanisms]
         return None if None in streams else functools.partial(self._union, streams)
 
     @staticmethod
