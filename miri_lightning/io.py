@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -83,6 +84,18 @@ def save_imputations(path, imputations: torch.Tensor, masks: torch.Tensor, **ext
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, images=imputations.float().movedim(-3, -1).numpy(),
                  masks=masks.bool().movedim(-3, -1).numpy().view(np.uint8), **extra)
+
+
+def publish_copy(source, path) -> None:
+    """`path` becomes a copy of the finished file `source`: a hard link where the file system has them (no
+    second write of a collection-sized file; `source` is only ever replaced by a rename, never edited, so the
+    copy keeps its content), else a byte copy."""
+    with atomic_path(path) as tmp:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
 
 
 def save_png(path, image: torch.Tensor) -> None:

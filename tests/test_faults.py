@@ -373,3 +373,18 @@ def test_a_bad_config_is_one_short_line_naming_the_key(overrides, key, tmp_path)
     message = fails(tmp_path / "run", *overrides)
     assert key in message and len(message) < 200
     assert not (tmp_path / "run" / "rounds.jsonl").exists()
+
+
+def test_a_copy_of_a_finished_file_keeps_its_content_when_the_original_is_replaced(tmp_path, monkeypatch):
+    from miri_lightning.io import publish_copy, save_imputations
+
+    images, masks = torch.rand(3, 1, 4, 4), torch.rand(3, 1, 4, 4) > 0.5
+    save_imputations(tmp_path / "latest.npz", images, masks, round=1)
+    publish_copy(tmp_path / "latest.npz", tmp_path / "best.npz")
+    save_imputations(tmp_path / "latest.npz", images + 1, masks, round=2)  # the next round, not better
+    with np.load(tmp_path / "best.npz") as best:
+        assert int(best["round"]) == 1 and np.array_equal(best["images"], images.permute(0, 2, 3, 1).numpy())
+    monkeypatch.setattr("os.link", lambda *args: (_ for _ in ()).throw(OSError(1, "Operation not permitted")))
+    publish_copy(tmp_path / "latest.npz", tmp_path / "best.npz")  # a file system without hard links
+    assert (tmp_path / "best.npz").read_bytes() == (tmp_path / "latest.npz").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.npz", "latest.npz"]

@@ -29,7 +29,7 @@ from ..data.datamodule import MaskedImageDataModule
 from ..errors import ConfigError
 from ..grids import imputation_grid, log_grid
 from ..inference import MIRIImputer
-from ..io import save_imputations, save_png, write_round_record
+from ..io import publish_copy, save_imputations, save_png, write_round_record
 from ..metrics import MI_STEPS, collection_metrics, information_rose
 
 ROUNDS_FILE, IMPUTATIONS_FILE, GRIDS_DIR = "rounds.jsonl", "imputations.npz", "grids"
@@ -271,7 +271,7 @@ class MIRIRounds(Callback):
         record = {"round": dm.round, **metrics, "best_round": self.best["round"], **extra}
         save_imputations(run_dir / IMPUTATIONS_FILE, dm.imputations, dm.masks, round=dm.round)
         if new_best:
-            save_imputations(run_dir / BEST_IMPUTATIONS_FILE, dm.imputations, dm.masks, round=dm.round)
+            publish_copy(run_dir / IMPUTATIONS_FILE, run_dir / BEST_IMPUTATIONS_FILE)
         k = self.grid_images
         grid = imputation_grid(dm.imputations[:k], dm.masks[:k], dm.true_images(k),
                                self._draws(pl_module, dm, k))
