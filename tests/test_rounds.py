@@ -4,7 +4,8 @@ import numpy as np
 import torch
 
 from conftest import read_rounds, run_cli
-from miri_lightning.data.datamodule import MaskedImageDataModule, RoundSampler
+from miri_lightning.data.batches import RoundSampler
+from miri_lightning.data.datamodule import MaskedImageDataModule
 from miri_lightning.data.sources import Shapes
 from miri_lightning.metrics import information_rose
 from miri_lightning.module import MIRI

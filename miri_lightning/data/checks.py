@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from miri_lightning.errors import DataError
+from miri_lightning.errors import ConfigError, DataError
 
 # Lists in messages stop after this many items: enough to find the pattern, short enough to read.
 SHOWN = 10
@@ -68,3 +69,31 @@ def images_without_observed(masks: torch.Tensor) -> list[int]:
 def images_without_missing(masks: torch.Tensor) -> list[int]:
     """Indices of the images of bool masks (N, ...) that have every entry observed."""
     return masks.flatten(1).all(1).nonzero().flatten().tolist()
+
+
+def check_collection(masks: torch.Tensor, shape: tuple[int, ...], batch_size: int) -> None:
+    """Refuse collections training cannot use (masks bool (N, C, H, W)); report the ones it handles in a
+    special way."""
+    if tuple(masks.shape) != shape:
+        raise DataError(f"masks have shape {tuple(masks.shape)}, expected {shape}")
+    blind = images_without_observed(masks)
+    if blind:
+        raise DataError(
+            f"no observed entry in {len(blind)} of {shape[0]} images, so there is nothing to condition their "
+            f"imputation on: images {shorten(blind)} (after the source's masks and data.mask); remove them from "
+            "the data or hide fewer entries"
+        )
+    if len(masks) < batch_size:
+        raise ConfigError(f"data.batch_size ({batch_size}) is larger than the collection ({len(masks)} images)")
+    never = ~masks.any(0)
+    if never.any():
+        rank_zero_warn(
+            f"{int(never.sum())} entries are missing in every image: nothing in the data "
+            "can tell what they hold, so their imputations are guesses from the rest."
+        )
+    complete = images_without_missing(masks)
+    if complete:
+        # Not an error: the velocity is zero on observed entries, so these images stay as they are.
+        rank_zero_info(
+            f"no missing entry in {len(complete)} of {shape[0]} images: they pass through every round unchanged"
+        )

@@ -12,90 +12,17 @@ from typing import Callable, Literal, Optional, Union
 import torch
 from jsonargparse import lazy_instance
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader
 
 from ..baselines import ObservedMean
 from ..fills import InitFill, RoundZeroFill
 from ..errors import ConfigError, DataError
-from .checks import images_without_missing, images_without_observed, shorten
+from .batches import ImputationBatches, IndexBatches, RoundSampler, whole_batch
+from .checks import check_collection
 from .masks import MCAR, MaskMechanism
 from .sources import ImageSet, ImageSource, Shapes
 from .storage import MemmapStore, StateMode, check_fits, choose_mode, chunk_rows, round_file
-
-
-class ImputationBatches(Dataset):
-    """Reads (index, current imputation, mask) straight from the datamodule's shared tensors.
-
-    The tensors live in shared memory and are updated in place after each
-    round, so DataLoader workers (which hold a copy of this object) see the
-    new round's imputations without being restarted.
-    """
-
-    def __init__(self, imputations: torch.Tensor, masks: torch.Tensor):
-        self.imputations, self.masks = imputations, masks
-
-    def __len__(self) -> int:
-        return len(self.imputations)
-
-    def __getitems__(self, indices: list[int]):
-        idx = torch.as_tensor(indices)
-        return idx, self.imputations[idx], self.masks[idx]
-
-    def __getitem__(self, i: int):
-        return self.__getitems__([i])
-
-
-class IndexBatches(Dataset):
-    """Only the indices of a batch: its images and masks are read on the device (`on_device`)."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitems__(self, indices: list[int]) -> torch.Tensor:
-        return torch.as_tensor(indices)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.__getitems__([i])
-
-
-class RoundSampler(DistributedSampler):
-    """This rank's training indices for one epoch: `num_batches` batches drawn from `pool`.
-
-    The stream is a concatenation of shuffles of `pool`, each seeded by
-    (seed, epoch, pass), split between ranks by position; so an epoch holds
-    as many optimiser steps as asked, whatever the collection's size, every
-    image comes round once before any comes round twice, and a resumed run
-    draws what an uninterrupted one would. `num_batches=None`: one pass.
-    (A DistributedSampler, so that Lightning calls `set_epoch` and leaves it as it is.)
-    """
-
-    def __init__(self, pool: torch.Tensor, batch_size: int, num_batches: Optional[int], world: int, rank: int,
-                 seed: int):
-        super().__init__(pool, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
-        self.pool, self.batch_size = pool, batch_size
-        self.num_batches = len(pool) // (batch_size * world) if num_batches is None else num_batches
-
-    def __len__(self) -> int:
-        return self.num_batches * self.batch_size
-
-    def __iter__(self):
-        needed = len(self) * self.num_replicas
-        passes = []
-        for k in range(-(-needed // len(self.pool))):
-            generator = torch.Generator().manual_seed(self.seed + 1_000_003 * self.epoch + 7919 * k)
-            passes.append(self.pool[torch.randperm(len(self.pool), generator=generator)])
-        stream = torch.cat(passes)[:needed]
-        return iter(stream[self.rank::self.num_replicas].tolist())
-
-
-def _whole_batch(batch):
-    """`__getitems__` already returns a collated batch."""
-    return batch
-
 
 # `on_device: auto` keeps the state on a GPU when it takes at most this share of the GPU's free memory.
 AUTO_ON_DEVICE_SHARE = 0.25
@@ -241,7 +168,7 @@ class MaskedImageDataModule(LightningDataModule):
         # The masks never change after this: hashed as they are written, not at every checkpoint.
         digest = hashlib.sha1()
         self.masks = self._build("masks.npy", loaded.shape, torch.bool, self._mask_chunks(loaded), digest)
-        self._check_collection(loaded.shape)
+        check_collection(self.masks, loaded.shape, self.batch_size)
         self.val_indices, self.train_indices = self._split(len(loaded))
         # Passes over the whole collection: made by the process that writes the state, read by the others.
         summary = self._on_writer("round0.pt", lambda: {"masks_sha1": digest.hexdigest(),
@@ -262,23 +189,24 @@ class MaskedImageDataModule(LightningDataModule):
         )
 
     def _mask_chunks(self, loaded: ImageSet) -> Callable[[slice], torch.Tensor]:
-        """The masks of a chunk of images: the source's own, and `data.mask`'s drawn over them (streamed where
-        the mechanism can, else drawn for the whole collection at once)."""
+        """The masks of a chunk of images: the source's own, and `data.mask`'s drawn over them. Only a process
+        that writes the masks calls it, chunk after chunk: the mechanism's stream (which may pass over the
+        collection first), or its draw for the whole collection at once where it has none, starts then."""
         mechanism = self.mask if self.mask is not None else None if loaded.has_masks else MCAR(missing_rate=0.6)
-        stream = None if mechanism is None else mechanism.stream(
-            len(loaded), lambda: (loaded.floats(rows.start, rows.stop) for rows in chunk_rows(loaded.shape)))
 
         @functools.cache
-        def whole() -> torch.Tensor:  # drawn at the first chunk, so only by a process that writes the masks
-            return mechanism(loaded.images)
+        def drawn() -> Callable[[slice], torch.Tensor]:
+            stream = mechanism.stream(
+                len(loaded), lambda: (loaded.floats(rows.start, rows.stop) for rows in chunk_rows(loaded.shape)))
+            if stream is not None:
+                return lambda rows: stream(loaded.floats(rows.start, rows.stop))
+            whole = mechanism(loaded.images)
+            return lambda rows: whole[rows]
 
         def masks(rows: slice) -> torch.Tensor:
-            if stream is not None:
-                drawn = stream(loaded.floats(rows.start, rows.stop))
-            else:
-                drawn = None if mechanism is None else whole()[rows]
+            ours = None if mechanism is None else drawn()(rows)
             own = loaded.observed(rows.start, rows.stop)
-            return drawn if own is None else own if drawn is None else own & drawn
+            return ours if own is None else own if ours is None else own & ours
 
         return masks
 
@@ -362,34 +290,6 @@ class MaskedImageDataModule(LightningDataModule):
         return MemmapStore(root / f"node{trainer.node_rank}", writer=trainer.local_rank == 0,
                            barrier=trainer.strategy.barrier)
 
-    def _check_collection(self, shape: tuple[int, ...]) -> None:
-        """Refuse collections training cannot use; report the ones it handles in a special way."""
-        if tuple(self.masks.shape) != shape:
-            raise DataError(f"masks have shape {tuple(self.masks.shape)}, expected {shape}")
-        blind = images_without_observed(self.masks)
-        if blind:
-            raise DataError(
-                f"no observed entry in {len(blind)} of {shape[0]} images, so there is nothing to condition their "
-                f"imputation on: images {shorten(blind)} (after the source's masks and data.mask); remove them from "
-                "the data or hide fewer entries"
-            )
-        if len(self.masks) < self.batch_size:
-            raise ConfigError(
-                f"data.batch_size ({self.batch_size}) is larger than the collection ({len(self.masks)} images)"
-            )
-        never = ~self.masks.any(0)
-        if never.any():
-            rank_zero_warn(
-                f"{int(never.sum())} entries are missing in every image: nothing in the data "
-                "can tell what they hold, so their imputations are guesses from the rest."
-            )
-        complete = images_without_missing(self.masks)
-        if complete:
-            # Not an error: the velocity is zero on observed entries, so these images stay as they are.
-            rank_zero_info(
-                f"no missing entry in {len(complete)} of {shape[0]} images: they pass through every round unchanged"
-            )
-
     @property
     def image_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of every image (loads the collection if `setup()` has not run yet)."""
@@ -436,7 +336,7 @@ class MaskedImageDataModule(LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             sampler=RoundSampler(self.train_indices, self.batch_size, self.batches_per_epoch, world, rank, self.seed),
-            collate_fn=_whole_batch,
+            collate_fn=whole_batch,
             drop_last=True,
             num_workers=workers,
             # Memory-mapped rounds are new files: workers must restart to map the new one.
