@@ -17,6 +17,7 @@ from .ema import EMA
 from .errors import ConfigError, TrainingError
 from .flow import SolverConfig, derangement, heldout_loss, missing_mse, solve_batches, training_pair
 from .models.unet import UNetConfig, VelocityUNet
+from .step_guard import StepGuard
 
 # torch.compile's modes (`model.compile`). The solve's EMA copy takes the twin without CUDA graphs.
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
@@ -29,18 +30,6 @@ def compile_modes(compile: Union[bool, str]) -> Optional[tuple[str, str]]:
         return None
     mode = "default" if compile is True else compile
     return mode, WITHOUT_CUDA_GRAPHS.get(mode, mode)
-
-
-def on_any_process(flag: torch.Tensor) -> torch.Tensor:
-    """`flag` (a bool tensor) or-ed over all processes, without a host read.
-
-    Lightning's `strategy.reduce` puts a barrier before its all-reduce, and
-    under NCCL a barrier blocks the host until the GPU has caught up.
-    """
-    flag = flag.float()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    return flag > 0
 
 
 def random_window(x: torch.Tensor, m: torch.Tensor, size: int, generator: torch.Generator):
@@ -56,46 +45,6 @@ def random_window(x: torch.Tensor, m: torch.Tensor, size: int, generator: torch.
     top, left = (min(max(int(torch.randint(1 - size, side, (1,), generator=generator)), 0), side - size)
                  for side in x.shape[-2:])
     return x[..., top:top + size, left:left + size], m[..., top:top + size, left:left + size]
-
-
-class StepTally:
-    """Training figures summed on the device, step by step, and read from it only now and then.
-
-    Reading a GPU tensor waits for all the work queued before it, and a
-    training step bound by the host needs that queue to run ahead. Kept: the
-    finite losses' sum and count (the epoch's mean loss), the NaN or infinite
-    steps in a row, the longest such run, all of them, and the last loss.
-    """
-
-    def __init__(self):
-        self.sums: Optional[torch.Tensor] = None
-        self.bad_reported = 0  # bad steps already returned by `read`
-
-    def add(self, loss: torch.Tensor, bad: torch.Tensor) -> None:
-        loss, bad = loss.float(), bad.float()  # counts in float32: exact to 2**24 steps, whatever the precision
-        if self.sums is None:
-            self.sums = loss.new_zeros(6)
-        loss_sum, good, run, longest, total, _ = self.sums.unbind()
-        run = (run + 1) * bad
-        finite = torch.where(bad > 0, 0.0, loss)
-        self.sums = torch.stack([loss_sum + finite, good + 1 - bad, run, torch.maximum(longest, run), total + bad,
-                                 loss])
-
-    def read(self) -> Optional[dict]:
-        """The longest bad run, the bad steps new since the last read and the last loss (one host read), or None."""
-        if self.sums is None:
-            return None
-        _, _, _, longest, total, loss = self.sums.tolist()
-        new, self.bad_reported = int(total) - self.bad_reported, int(total)
-        return {"longest_bad_run": int(longest), "new_bad_steps": new, "loss": loss}
-
-    def epoch_loss(self) -> Optional[torch.Tensor]:
-        """The mean finite loss since the last call (on the device; None before any step); starts the next sum."""
-        if self.sums is None:
-            return None
-        mean = self.sums[0] / self.sums[1].clamp_min(1)
-        self.sums = torch.cat([torch.zeros_like(self.sums[:2]), self.sums[2:]])
-        return mean
 
 
 class MIRI(LightningModule):
@@ -120,13 +69,7 @@ class MIRI(LightningModule):
             start this lets later rounds settle instead of drifting.
         ema_decay: decay of the exponential moving average of the weights; the
             EMA weights do the re-imputation and are what each round keeps.
-        max_bad_steps: a step whose loss is NaN or infinite (on any device)
-            is skipped: no optimiser or EMA update. This many in a row stop
-            the run; the files on disk stay those of the last finished round.
-            Skipped steps are decided on the device and counted there; the
-            count is read every `trainer.log_every_n_steps` steps and at the
-            end of each epoch (a read would stall the GPU every step), so the
-            warning and the stop come at the next such read.
+        max_bad_steps: NaN or infinite losses in a row that stop the run (see `StepGuard`: such steps are skipped).
         solver: how the re-imputation ODE is solved.
         channels_last: keep weights and activations in NHWC layout, which the
             convolution kernels prefer (measured on a CPU: training steps 9 %
@@ -179,8 +122,7 @@ class MIRI(LightningModule):
         for key, value, ok, expected in (("lr", lr, lr > 0, "> 0"),
                                          ("warmup_steps", warmup_steps, warmup_steps >= 0, ">= 0"),
                                          ("final_lr_ratio", final_lr_ratio, 0 < final_lr_ratio <= 1, "in (0, 1]"),
-                                         ("ema_decay", ema_decay, 0 <= ema_decay < 1, "in [0, 1)"),
-                                         ("max_bad_steps", max_bad_steps, max_bad_steps >= 1, ">= 1")):
+                                         ("ema_decay", ema_decay, 0 <= ema_decay < 1, "in [0, 1)")):
             if not ok:
                 raise ConfigError(f"model.{key} must be {expected}, got {value}")
         self.save_hyperparameters(
@@ -195,11 +137,7 @@ class MIRI(LightningModule):
         self.ema: Optional[EMA] = None
         self.round_weights: list[dict[str, torch.Tensor]] = []  # EMA weights of rounds 1..T, on the CPU
         self.round_start_step = 0
-        # A device flag: the update being accumulated met a NaN or infinite loss on some process.
-        self.spoilt: Optional[torch.Tensor] = None
-        self.step_loss: Optional[torch.Tensor] = None
-        self.tally = StepTally()
-        self.last_loss: Optional[float] = None
+        self.guard = StepGuard(max_bad_steps)
         self.solve_fits = 2**62  # the largest solve batch known to fit in device memory
         self.round_converged = False  # set by MIRIRounds: end this round's training now
         if image_shape is not None:
@@ -292,70 +230,27 @@ class MIRI(LightningModule):
         tau = torch.rand(len(x0), device=x0.device, generator=self.draws)
         a, b, target = training_pair(x0, x1, m, tau)
         loss = missing_mse(self.velocity(a, b, m, tau), target, m)
-        bad = on_any_process(~torch.isfinite(loss.detach()))  # so that all ranks skip together; not read here
-        # With gradient accumulation, one bad batch spoils the whole update.
-        self.spoilt = bad if self.spoilt is None else self.spoilt | bad
-        self.step_loss = loss.detach()
+        self.guard.watch(loss)
         return loss  # back-propagated even when bad: under DDP every rank must join the gradient all-reduce
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
-        """Lightning's step, except that an update spoilt by a bad loss is skipped; then the EMA's update.
+        """Lightning's step, except that the guard skips an update spoilt by a bad loss; then the EMA's update.
 
         Lightning runs the closure (forward, backward) inside `optimizer.step`,
-        too late to skip; here it runs first. The fused AdamW skips on the
-        device (its `found_inf` flag), so the step never waits for the GPU; the
-        unfused one needs the flag on the host. Skipped steps still count for
-        the learning-rate schedule and `global_step`.
+        too late to skip; here it runs first.
         """
         loss = optimizer_closure()
-        spoilt, self.spoilt = self.spoilt, None
-        adamw = getattr(optimizer, "optimizer", optimizer)  # inside Lightning's wrapper
-        if self._skips_on_device(adamw):
-            adamw.found_inf = spoilt.float()  # 1: the kernel leaves weights, moments and step counts as they are
-            try:
-                optimizer.step(closure=lambda: loss)  # runs the precision plugin's hooks and clipping
-            finally:
-                del adamw.found_inf
-        elif not spoilt:  # a host read
-            optimizer.step(closure=lambda: loss)
-        self.ema.update_parameters(self.velocity, skip=spoilt)
-        self.tally.add(self.step_loss, spoilt)
+        skipped = self.guard.step(optimizer, loss, scaler=getattr(self.trainer.precision_plugin, "scaler", None))
+        self.ema.update_parameters(self.velocity, skip=skipped)
         # Lightning logs after the step when (its steps before it + 1) divide by log_every_n_steps; it reads then.
         every = self.trainer.log_every_n_steps
-        if every and (self.global_step + 1) % every == 0 and math.isfinite(loss := self.report_steps()):
-            self.log("train/loss", torch.tensor(loss))  # a host tensor: logging it reads nothing more
-
-    def _skips_on_device(self, optimizer: torch.optim.Optimizer) -> bool:
-        """Whether `optimizer` is the fused AdamW and no gradient scaler sets its `found_inf` instead."""
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-        return bool(optimizer.defaults.get("fused")) and scaler is None
-
-    def report_steps(self) -> float:
-        """One host read: warn of skipped steps, stop after `max_bad_steps` in a row; returns the last loss.
-
-        Called every `trainer.log_every_n_steps` steps and, by MIRIRounds, at
-        the end of every epoch, before a round's re-imputation and checkpoint.
-        """
-        figures = self.tally.read()
-        if figures is None:
-            return math.nan
-        where = f"epoch {self.current_epoch}, step {self.global_step}"
-        if figures["longest_bad_run"] >= self.hparams.max_bad_steps:
-            raise TrainingError(
-                f"the training loss was NaN or infinite for {figures['longest_bad_run']} steps in a row (by {where}; "
-                f"model.max_bad_steps is {self.hparams.max_bad_steps}); stopped. The checkpoints and imputations on "
-                "disk are those of the last finished round. Lower model.lr or check the data."
-            )
-        if figures["new_bad_steps"]:
-            rank_zero_warn(f"MIRI: NaN or infinite training loss in {figures['new_bad_steps']} step(s) up to {where}; "
-                           f"those steps were skipped (at most {figures['longest_bad_run']} in a row; "
-                           f"model.max_bad_steps={self.hparams.max_bad_steps} in a row stop the run)")
-        if math.isfinite(figures["loss"]):
-            self.last_loss = figures["loss"]  # for the progress bar (callbacks.RoundProgressBar)
-        return figures["loss"]
+        if every and (self.global_step + 1) % every == 0:
+            loss = self.guard.report(self.current_epoch, self.global_step)  # the one host read
+            if math.isfinite(loss):
+                self.log("train/loss", torch.tensor(loss))  # a host tensor: logging it reads nothing more
 
     def on_train_epoch_end(self) -> None:
-        loss = self.tally.epoch_loss()
+        loss = self.guard.epoch_loss()
         if loss is not None:
             self.log("train/loss_epoch", loss, sync_dist=True)
 
