@@ -127,7 +127,7 @@ class StepGuard:
             raise TrainingError(
                 f"the training loss was NaN or infinite for {figures['longest_bad_run']} steps in a row (by {where}; "
                 f"model.max_bad_steps is {limit}); stopped. The checkpoints and imputations on disk are those "
-                "of the last finished round. Lower model.lr or check the data."
+                "of the last finished round. Lower model.optimizer.lr or check the data."
             )
         if figures["new_bad_steps"]:
             rank_zero_warn(f"MIRI: NaN or infinite training loss in {figures['new_bad_steps']} step(s) up to {where}; "
