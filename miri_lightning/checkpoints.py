@@ -16,7 +16,7 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 
-from .errors import DataError
+from .errors import DataError, TrainingError
 from .io import atomic_path
 
 # Bump when the contents of checkpoint["miri"] or the datamodule's state change meaning.
@@ -37,6 +37,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
+
+
+def check_finite_weights(state_dict: dict[str, torch.Tensor]) -> None:
+    """Refuse to checkpoint NaN or infinite weights: a resume from them could only fail again."""
+    for name, value in state_dict.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise TrainingError(f"the weight {name} holds NaN or infinite values: no checkpoint written "
+                                "(the last one on disk is kept)")
 
 
 def read_checkpoint(path: str | os.PathLike, mmap: bool = False) -> dict:

@@ -1,4 +1,4 @@
-"""MIRI's rectified flow, with no Lightning in it: the training pair, the loss, the ODE solve.
+"""MIRI's rectified flow, with no Lightning in it: the training draws and pair, the loss, the ODE solve.
 
 Notation (DESIGN.md): x0 = x_hat_i (the image), x1 = x_hat_j (an independent
 partner), m = m_i (1 = observed), tau ~ U(0, 1).
@@ -26,6 +26,24 @@ def derangement(n: int, generator: torch.Generator | None = None) -> torch.Tenso
     partner = torch.empty_like(order)
     partner[order] = order.roll(-1)
     return partner
+
+
+def random_window(x: torch.Tensor, m: torch.Tensor, size: int, generator: torch.Generator):
+    """The same random `size` x `size` window of every image of a batch and of its mask (`generator` on the CPU:
+    drawing the corner reads nothing from the device).
+
+    Training on windows (`model.train_crop`) costs about (size / side)^2 of a
+    whole image a step; the U-Net is convolutional, so the velocity learnt on
+    windows applies to whole images, which the solve and the held-out loss take.
+    The corner is drawn from `-(size - 1)` to `side - 1` and then moved inside
+    the image, so that an edge pixel is in a window about as often as any other
+    (between 1 and 2 times the middle's rate). A corner drawn inside the image
+    puts an edge pixel in a window `size` times less often than a middle one:
+    the network barely learns the image's edge, and the solve biases it.
+    """
+    top, left = (min(max(int(torch.randint(1 - size, side, (1,), generator=generator)), 0), side - size)
+                 for side in x.shape[-2:])
+    return x[..., top:top + size, left:left + size], m[..., top:top + size, left:left + size]
 
 
 def training_pair(x0, x1, m, tau):

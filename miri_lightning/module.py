@@ -9,16 +9,19 @@ from typing import Literal, Optional, Union
 
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.plugins import MixedPrecision
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from .checkpoints import CHECKPOINT_FORMAT
+from .checkpoints import CHECKPOINT_FORMAT, check_finite_weights
 from .ema import EMA
-from .errors import ConfigError, TrainingError
-from .flow import SolverConfig, derangement, heldout_loss, missing_mse, solve_batches, training_pair
-from .models.unet import UNetConfig, VelocityUNet
+from .errors import ConfigError
+from .flow import SolverConfig, derangement, heldout_loss, missing_mse, random_window, solve_batches, training_pair
+from .models.unet import UNetConfig, VelocityUNet, check_train_crop
+from .optim import OptimizerConfig, adamw, restart, warmup_cosine
+from .step_guard import StepGuard
 
-# torch.compile's modes (`model.compile`). The solve's EMA copy takes the twin without CUDA graphs.
+# torch.compile's modes (`model.compile`; the first steps and solves then take a while to compile, and on a
+# CPU the run is slower in all: docs/performance.md). "reduce-overhead" puts the training network in CUDA
+# graphs, for GPUs where a step is bound by kernel launches; the solve's EMA copy takes the twin without them:
+# a solver holds several network outputs at once, which graph replays would overwrite.
 CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
 WITHOUT_CUDA_GRAPHS = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}
 
@@ -31,175 +34,57 @@ def compile_modes(compile: Union[bool, str]) -> Optional[tuple[str, str]]:
     return mode, WITHOUT_CUDA_GRAPHS.get(mode, mode)
 
 
-def on_any_process(flag: torch.Tensor) -> torch.Tensor:
-    """`flag` (a bool tensor) or-ed over all processes, without a host read.
-
-    Lightning's `strategy.reduce` puts a barrier before its all-reduce, and
-    under NCCL a barrier blocks the host until the GPU has caught up.
-    """
-    flag = flag.float()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    return flag > 0
-
-
-def random_window(x: torch.Tensor, m: torch.Tensor, size: int, generator: torch.Generator):
-    """The same random `size` x `size` window of every image of a batch and of its mask (`generator` on the CPU:
-    drawing the corner reads nothing from the device).
-
-    The corner is drawn from `-(size - 1)` to `side - 1` and then moved inside
-    the image, so that an edge pixel is in a window about as often as any other
-    (between 1 and 2 times the middle's rate). A corner drawn inside the image
-    puts an edge pixel in a window `size` times less often than a middle one:
-    the network barely learns the image's edge, and the solve biases it.
-    """
-    top, left = (min(max(int(torch.randint(1 - size, side, (1,), generator=generator)), 0), side - size)
-                 for side in x.shape[-2:])
-    return x[..., top:top + size, left:left + size], m[..., top:top + size, left:left + size]
-
-
-class StepTally:
-    """Training figures summed on the device, step by step, and read from it only now and then.
-
-    Reading a GPU tensor waits for all the work queued before it, and a
-    training step bound by the host needs that queue to run ahead. Kept: the
-    finite losses' sum and count (the epoch's mean loss), the NaN or infinite
-    steps in a row, the longest such run, all of them, and the last loss.
-    """
-
-    def __init__(self):
-        self.sums: Optional[torch.Tensor] = None
-        self.bad_reported = 0  # bad steps already returned by `read`
-
-    def add(self, loss: torch.Tensor, bad: torch.Tensor) -> None:
-        loss, bad = loss.float(), bad.float()  # counts in float32: exact to 2**24 steps, whatever the precision
-        if self.sums is None:
-            self.sums = loss.new_zeros(6)
-        loss_sum, good, run, longest, total, _ = self.sums.unbind()
-        run = (run + 1) * bad
-        finite = torch.where(bad > 0, 0.0, loss)
-        self.sums = torch.stack([loss_sum + finite, good + 1 - bad, run, torch.maximum(longest, run), total + bad,
-                                 loss])
-
-    def read(self) -> Optional[dict]:
-        """The longest bad run, the bad steps new since the last read and the last loss (one host read), or None."""
-        if self.sums is None:
-            return None
-        _, _, _, longest, total, loss = self.sums.tolist()
-        new, self.bad_reported = int(total) - self.bad_reported, int(total)
-        return {"longest_bad_run": int(longest), "new_bad_steps": new, "loss": loss}
-
-    def epoch_loss(self) -> Optional[torch.Tensor]:
-        """The mean finite loss since the last call (on the device; None before any step); starts the next sum."""
-        if self.sums is None:
-            return None
-        mean = self.sums[0] / self.sums[1].clamp_min(1)
-        self.sums = torch.cat([torch.zeros_like(self.sums[:2]), self.sums[2:]])
-        return mean
+def _as_config(cls, value):
+    """`value`, or the dataclass `cls` made from it where it is a dict of its fields (as checkpoints store it)."""
+    return value if isinstance(value, cls) else cls(**value)
 
 
 class MIRI(LightningModule):
     """Trains the velocity field of the current round and re-imputes with its EMA weights.
 
     Args:
-        net: shape of the U-Net (see `UNetConfig`).
-        lr: AdamW learning rate (batch size is per device, and so is this rate:
-            it is not scaled with the number of devices).
-        weight_decay: AdamW weight decay.
-        warmup_steps: linear learning-rate warm-up, at the start of training and
-            again at the start of each round whose optimiser restarts.
-        restart_optimizer: start every round with fresh AdamW moments (and a
-            new warm-up), also when the network is warm-started. A new round's
-            collection brings larger gradients than the last one's end, and
-            moments shrunk to those turn them into steps many times the
-            learning rate, which can wreck a warm-started network
-            (docs/2026-12-02-natural-images.md). A re-initialised network
-            always restarts its optimiser.
-        final_lr_ratio: the learning rate follows a cosine from `lr` down to
-            `lr * final_lr_ratio` over the whole run (1.0: constant). With warm
-            start this lets later rounds settle instead of drifting.
-        ema_decay: decay of the exponential moving average of the weights; the
-            EMA weights do the re-imputation and are what each round keeps.
-        max_bad_steps: a step whose loss is NaN or infinite (on any device)
-            is skipped: no optimiser or EMA update. This many in a row stop
-            the run; the files on disk stay those of the last finished round.
-            Skipped steps are decided on the device and counted there; the
-            count is read every `trainer.log_every_n_steps` steps and at the
-            end of each epoch (a read would stall the GPU every step), so the
-            warning and the stop come at the next such read.
-        solver: how the re-imputation ODE is solved.
-        channels_last: keep weights and activations in NHWC layout, which the
-            convolution kernels prefer (measured on a CPU: training steps 9 %
-            and solves 10 % faster, docs/performance.md).
-        compile: `torch.compile` the velocity field and its EMA copy (the
-            first steps and solves then take a while to compile; on a CPU
-            slower in all, see docs/performance.md). `true` is torch's
-            "default" mode; a mode name picks another. "reduce-overhead" puts
-            the training network in CUDA graphs, for GPUs where a step is
-            bound by kernel launches; the solve's EMA copy is compiled without
-            them (a solver holds several network outputs at once, which CUDA
-            graphs would overwrite).
-        fused_adamw: AdamW's fused kernel, one launch per step instead of
-            several per parameter group.
-        train_crop: train on random `train_crop` x `train_crop` windows of
-            each batch (one window per batch, the same for images and
-            partners) instead of whole images. The U-Net is convolutional, so
-            the velocity learnt on crops applies to whole images: the
-            re-imputation and the held-out loss use whole images. A step then
-            costs about (crop / side)^2 of a whole image's.
-        seed: seed of the network initialisation and of the training draws
-            (partners, tau), which depend only on (seed, epoch, rank) so that a
-            resumed run draws what an uninterrupted one would. (Dropout, off
-            by default, draws from the global RNG and is not replayed exactly.)
-        image_shape: (C, H, W); filled in from the datamodule when left out.
+        net: the U-Net's shape (`UNetConfig`); it is built for the data's `image_shape`.
+        optimizer: AdamW, its learning-rate schedule and its restarts (`OptimizerConfig`).
+        solver: how the re-imputation ODE is solved (`SolverConfig`).
+        ema_decay: decay of the weights' moving average, which re-imputes and is what each round keeps.
+        max_bad_steps: NaN or infinite losses in a row that stop the run (such steps are skipped: `StepGuard`).
+        train_crop: train on random windows of this side instead of whole images (the solve takes whole images).
+        channels_last: keep weights and activations in NHWC layout, which convolutions prefer (docs/performance.md).
+        compile: `torch.compile` the network and its EMA copy: `true` (torch's "default" mode) or a mode name.
+        seed: seed of the network's initialisation and of the training draws (partners, tau, windows).
+        image_shape: (C, H, W) of the images; taken from the datamodule when left out.
     """
 
     def __init__(
         self,
-        net: Union[UNetConfig, dict] = UNetConfig(),
-        lr: float = 2e-4,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 100,
-        restart_optimizer: bool = True,
-        final_lr_ratio: float = 1.0,
+        net: UNetConfig = UNetConfig(),
+        optimizer: OptimizerConfig = OptimizerConfig(),
+        solver: SolverConfig = SolverConfig(),
         ema_decay: float = 0.999,
         max_bad_steps: int = 3,
-        solver: Union[SolverConfig, dict] = SolverConfig(),
+        train_crop: Optional[int] = None,
         channels_last: bool = True,
         compile: Union[bool, CompileMode] = False,
-        fused_adamw: bool = True,
-        train_crop: Optional[int] = None,
         seed: int = 0,
         image_shape: Optional[tuple[int, int, int]] = None,
     ):
         super().__init__()
-        # Checkpoints store plain dicts, so that loading them needs no pickled classes.
-        net = net if isinstance(net, UNetConfig) else UNetConfig(**net)
-        solver = solver if isinstance(solver, SolverConfig) else SolverConfig(**solver)
-        for key, value, ok, expected in (("lr", lr, lr > 0, "> 0"),
-                                         ("warmup_steps", warmup_steps, warmup_steps >= 0, ">= 0"),
-                                         ("final_lr_ratio", final_lr_ratio, 0 < final_lr_ratio <= 1, "in (0, 1]"),
-                                         ("ema_decay", ema_decay, 0 <= ema_decay < 1, "in [0, 1)"),
-                                         ("max_bad_steps", max_bad_steps, max_bad_steps >= 1, ">= 1")):
-            if not ok:
-                raise ConfigError(f"model.{key} must be {expected}, got {value}")
+        self.net_config, self.optimizer_config = _as_config(UNetConfig, net), _as_config(OptimizerConfig, optimizer)
+        self.solver = _as_config(SolverConfig, solver)
+        if not 0 <= ema_decay < 1:
+            raise ConfigError(f"model.ema_decay must be in [0, 1), got {ema_decay}")
+        # Plain dicts: loading a checkpoint then needs no pickled classes.
         self.save_hyperparameters(
-            {"net": asdict(net), "lr": lr, "weight_decay": weight_decay, "warmup_steps": warmup_steps,
-             "restart_optimizer": restart_optimizer, "final_lr_ratio": final_lr_ratio, "ema_decay": ema_decay,
-             "max_bad_steps": max_bad_steps, "solver": asdict(solver), "channels_last": channels_last,
-             "compile": compile, "fused_adamw": fused_adamw, "train_crop": train_crop, "seed": seed,
+            {"net": asdict(self.net_config), "optimizer": asdict(self.optimizer_config),
+             "solver": asdict(self.solver), "ema_decay": ema_decay, "max_bad_steps": max_bad_steps,
+             "train_crop": train_crop, "channels_last": channels_last, "compile": compile, "seed": seed,
              "image_shape": image_shape}
         )
-        self.net_config, self.solver = net, solver
+        self.guard = StepGuard(max_bad_steps)
         self.velocity: Optional[VelocityUNet] = None
         self.ema: Optional[EMA] = None
         self.round_weights: list[dict[str, torch.Tensor]] = []  # EMA weights of rounds 1..T, on the CPU
-        self.round_start_step = 0
-        # A device flag: the update being accumulated met a NaN or infinite loss on some process.
-        self.spoilt: Optional[torch.Tensor] = None
-        self.step_loss: Optional[torch.Tensor] = None
-        self.tally = StepTally()
-        self.last_loss: Optional[float] = None
+        self.round_start_step = 0  # the optimiser's last restart, where its warm-up starts
         self.solve_fits = 2**62  # the largest solve batch known to fit in device memory
         self.round_converged = False  # set by MIRIRounds: end this round's training now
         if image_shape is not None:
@@ -212,18 +97,7 @@ class MIRI(LightningModule):
         if height != width:
             raise ConfigError(f"images must be square for the U-Net, got {height}x{width}")
         self.hparams["image_shape"] = shape
-        crop, halvings = self.hparams.get("train_crop"), 2 ** (len(self.net_config.channel_mults) - 1)
-        if crop is not None and not (0 < crop <= height and crop % halvings == 0):
-            raise ConfigError(f"model.train_crop must be a multiple of {halvings} (the U-Net halves it "
-                              f"{halvings.bit_length() - 1} times) and at most the image side {height}, got {crop}")
-        spans = [key for key, on in (("norm: group", self.net_config.norm == "group"),
-                                     ("mid_attention: true", self.net_config.mid_attention),
-                                     ("attention_resolutions", self.net_config.attention_resolutions)) if on]
-        if crop is not None and crop < height and spans:
-            rank_zero_warn(f"MIRI: model.train_crop {crop} with model.net {' and '.join(spans)}: these layers see "
-                           f"a {crop}x{crop} window in training but the whole {height}x{height} image in the solve, "
-                           "which biases every imputation alike; set model.net.norm: pixel, model.net.mid_attention: "
-                           "false and no model.net.attention_resolutions (docs/2026-12-02-shared-error.md)")
+        check_train_crop(self.net_config, self.hparams.train_crop, height)
         self.velocity = VelocityUNet(channels, height, self.net_config)
         self.velocity.reset_parameters(seed=self.hparams.seed)
         self.velocity.to(memory_format=self.memory_format)
@@ -251,21 +125,13 @@ class MIRI(LightningModule):
 
     def start_round(self, index: int, fresh: bool) -> None:
         """Prepare round `index`: a fresh network (the paper's choice) or keep training (warm start);
-        fresh optimiser moments and a new warm-up unless `restart_optimizer` is off for a warm start."""
+        fresh optimiser moments and a new warm-up unless `optimizer.restart_each_round` is off for a warm start."""
         if fresh:
             self.velocity.reset_parameters(seed=self.hparams.seed + 7919 * index)
             self.ema.n_averaged.zero_()  # the next EMA update copies the fresh weights
-        if fresh or self.hparams.restart_optimizer:
-            for optimizer in self.trainer.optimizers:
-                optimizer.state.clear()
+        if fresh or self.optimizer_config.restart_each_round:
             self.round_start_step = self.global_step
-            # The schedule set the next step's rate before the round ended: set it again, from the warm-up.
-            for config in self.trainer.lr_scheduler_configs:
-                schedule = config.scheduler
-                schedule._last_lr = [base * rate(schedule.last_epoch)
-                                     for base, rate in zip(schedule.base_lrs, schedule.lr_lambdas)]
-                for group, lr in zip(schedule.optimizer.param_groups, schedule._last_lr):
-                    group["lr"] = lr
+            restart(self.trainer.optimizers, [config.scheduler for config in self.trainer.lr_scheduler_configs])
 
     def finish_round(self) -> None:
         """Keep this round's EMA weights: imputing new images later replays v_1 ... v_T."""
@@ -274,7 +140,9 @@ class MIRI(LightningModule):
     # -- training ---------------------------------------------------------
 
     def on_train_epoch_start(self) -> None:
-        # A generator of our own: no other code's use of the global RNG can shift these draws.
+        # A generator of our own: no other code's use of the global RNG can shift these draws, and they depend only
+        # on (seed, epoch, rank), so a resumed run draws what an uninterrupted one would. (Dropout, off by
+        # default, draws from the global RNG and is not replayed exactly.)
         seed = (self.hparams.seed * 1_000_003 + self.current_epoch * 1009 + self.global_rank) % 2**63
         self.draws = torch.Generator(device=self.device).manual_seed(seed)
         self.windows = torch.Generator().manual_seed(seed)  # train_crop's corners
@@ -285,105 +153,44 @@ class MIRI(LightningModule):
 
     def training_step(self, batch, batch_idx):
         _, x0, m = batch
-        if self.hparams.get("train_crop"):
+        if self.hparams.train_crop:  # one window a batch, the same for images and partners
             x0, m = random_window(x0, m, self.hparams.train_crop, self.windows)
         x0, m = x0.contiguous(memory_format=self.memory_format), m.to(x0.dtype, memory_format=self.memory_format)
         x1 = x0[derangement(len(x0), generator=self.draws)]  # partners independent of the images
         tau = torch.rand(len(x0), device=x0.device, generator=self.draws)
         a, b, target = training_pair(x0, x1, m, tau)
         loss = missing_mse(self.velocity(a, b, m, tau), target, m)
-        bad = on_any_process(~torch.isfinite(loss.detach()))  # so that all ranks skip together; not read here
-        # With gradient accumulation, one bad batch spoils the whole update.
-        self.spoilt = bad if self.spoilt is None else self.spoilt | bad
-        self.step_loss = loss.detach()
+        self.guard.watch(loss)
         return loss  # back-propagated even when bad: under DDP every rank must join the gradient all-reduce
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
-        """Lightning's step, except that an update spoilt by a bad loss is skipped; then the EMA's update.
+        """Lightning's step, except that the guard skips an update spoilt by a bad loss; then the EMA's update.
 
         Lightning runs the closure (forward, backward) inside `optimizer.step`,
-        too late to skip; here it runs first. The fused AdamW skips on the
-        device (its `found_inf` flag), so the step never waits for the GPU; the
-        unfused one needs the flag on the host. Skipped steps still count for
-        the learning-rate schedule and `global_step`.
+        too late to skip; here it runs first.
         """
         loss = optimizer_closure()
-        spoilt, self.spoilt = self.spoilt, None
-        adamw = getattr(optimizer, "optimizer", optimizer)  # inside Lightning's wrapper
-        if self._skips_on_device(adamw):
-            adamw.found_inf = spoilt.float()  # 1: the kernel leaves weights, moments and step counts as they are
-            try:
-                optimizer.step(closure=lambda: loss)  # runs the precision plugin's hooks and clipping
-            finally:
-                del adamw.found_inf
-        elif not spoilt:  # a host read
-            optimizer.step(closure=lambda: loss)
-        self.ema.update_parameters(self.velocity, skip=spoilt)
-        self.tally.add(self.step_loss, spoilt)
+        skipped = self.guard.step(optimizer, loss, scaler=getattr(self.trainer.precision_plugin, "scaler", None))
+        self.ema.update_parameters(self.velocity, skip=skipped)
         # Lightning logs after the step when (its steps before it + 1) divide by log_every_n_steps; it reads then.
         every = self.trainer.log_every_n_steps
-        if every and (self.global_step + 1) % every == 0 and math.isfinite(loss := self.report_steps()):
-            self.log("train/loss", torch.tensor(loss))  # a host tensor: logging it reads nothing more
-
-    def _skips_on_device(self, optimizer: torch.optim.Optimizer) -> bool:
-        """Whether `optimizer` is the fused AdamW and no gradient scaler sets its `found_inf` instead."""
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-        return bool(optimizer.defaults.get("fused")) and scaler is None
-
-    def report_steps(self) -> float:
-        """One host read: warn of skipped steps, stop after `max_bad_steps` in a row; returns the last loss.
-
-        Called every `trainer.log_every_n_steps` steps and, by MIRIRounds, at
-        the end of every epoch, before a round's re-imputation and checkpoint.
-        """
-        figures = self.tally.read()
-        if figures is None:
-            return math.nan
-        where = f"epoch {self.current_epoch}, step {self.global_step}"
-        if figures["longest_bad_run"] >= self.hparams.max_bad_steps:
-            raise TrainingError(
-                f"the training loss was NaN or infinite for {figures['longest_bad_run']} steps in a row (by {where}; "
-                f"model.max_bad_steps is {self.hparams.max_bad_steps}); stopped. The checkpoints and imputations on "
-                "disk are those of the last finished round. Lower model.lr or check the data."
-            )
-        if figures["new_bad_steps"]:
-            rank_zero_warn(f"MIRI: NaN or infinite training loss in {figures['new_bad_steps']} step(s) up to {where}; "
-                           f"those steps were skipped (at most {figures['longest_bad_run']} in a row; "
-                           f"model.max_bad_steps={self.hparams.max_bad_steps} in a row stop the run)")
-        if math.isfinite(figures["loss"]):
-            self.last_loss = figures["loss"]  # for the progress bar (callbacks.RoundProgressBar)
-        return figures["loss"]
+        if every and (self.global_step + 1) % every == 0:
+            loss = self.guard.report(self.current_epoch, self.global_step)  # the one host read
+            if math.isfinite(loss):
+                self.log("train/loss", torch.tensor(loss))  # a host tensor: logging it reads nothing more
 
     def on_train_epoch_end(self) -> None:
-        loss = self.tally.epoch_loss()
+        loss = self.guard.epoch_loss()
         if loss is not None:
             self.log("train/loss_epoch", loss, sync_dist=True)
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.velocity.parameters(), lr=self.hparams.lr,
-                                      weight_decay=self.hparams.weight_decay, fused=self._fused_adamw())
-        warmup = max(1, self.hparams.warmup_steps)
-        total = max(1, self.trainer.estimated_stepping_batches)
-        low = self.hparams.final_lr_ratio
-
-        def factor(step: int) -> float:
-            cosine = low + (1 - low) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
-            return min(1.0, (step - self.round_start_step + 1) / warmup) * cosine
-
+        optimizer = adamw(self.velocity.parameters(), self.optimizer_config, self.trainer.precision_plugin,
+                          self.trainer.gradient_clip_val)
+        factor = warmup_cosine(self.optimizer_config, self.trainer.estimated_stepping_batches,
+                               lambda: self.round_start_step)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-    def _fused_adamw(self) -> bool:
-        """`fused_adamw`, unless gradients are clipped under mixed precision.
-
-        Lightning's mixed-precision plugin will not clip for an optimiser that
-        unscales gradients itself, as the fused kernel does.
-        """
-        mixed = isinstance(self.trainer.precision_plugin, MixedPrecision)
-        if self.hparams.fused_adamw and mixed and self.trainer.gradient_clip_val:
-            rank_zero_info("MIRI: gradient clipping under mixed precision needs the unfused AdamW; using it")
-            return False
-        return self.hparams.fused_adamw
 
     # -- imputation -------------------------------------------------------
 
@@ -419,18 +226,10 @@ class MIRI(LightningModule):
     # -- checkpoint -------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        self._check_finite(checkpoint["state_dict"])
+        check_finite_weights(checkpoint["state_dict"])
         # epoch_is_round: one epoch trains one round (rounds.steps); older files counted rounds in epochs.
         checkpoint["miri"] = {"format": CHECKPOINT_FORMAT, "round_weights": self.round_weights,
                               "round_start_step": self.round_start_step, "epoch_is_round": True}
-
-    @staticmethod
-    def _check_finite(state_dict: dict[str, torch.Tensor]) -> None:
-        """Refuse to checkpoint NaN or infinite weights: a resume from them could only fail again."""
-        for name, value in state_dict.items():
-            if value.is_floating_point() and not torch.isfinite(value).all():
-                raise TrainingError(f"the weight {name} holds NaN or infinite values: no checkpoint written "
-                                    "(the last one on disk is kept)")
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("miri", {})

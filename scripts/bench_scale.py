@@ -66,8 +66,8 @@ QUIET = ["--logging.backend", "csv", "--trainer.enable_progress_bar", "false",
          "--trainer.enable_model_summary", "false"]
 # A U-Net small enough that the data, not the network, dominates memory; one Euler step per solve.
 TINY_NET = ["--model.net.width", "8", "--model.net.channel_mults", "[1, 2]", "--model.net.num_res_blocks", "1",
-            "--model.net.attention_resolutions", "[]", "--model.ema_decay", "0.0", "--model.warmup_steps", "1",
-            "--model.solver.method", "euler", "--model.solver.steps", "1"]
+            "--model.net.attention_resolutions", "[]", "--model.ema_decay", "0.0",
+            "--model.optimizer.warmup_steps", "1", "--model.solver.method", "euler", "--model.solver.steps", "1"]
 
 
 # -- the synthetic collection ---------------------------------------------------------------------

@@ -54,7 +54,7 @@ from miri_lightning.cli import build_cli  # noqa: E402
 LEVERS = {
     "bf16 autocast": (["--trainer.precision", "32-true"], ["--trainer.precision", "bf16-mixed"]),
     "channels_last": (["--model.channels_last", "false"], ["--model.channels_last", "true"]),
-    "fused AdamW": (["--model.fused_adamw", "false"], ["--model.fused_adamw", "true"]),
+    "fused AdamW": (["--model.optimizer.fused", "false"], ["--model.optimizer.fused", "true"]),
     "torch.compile": (["--model.compile", "false"], ["--model.compile", "true"]),
     # a GPU lever, over compiling alone
     "CUDA graphs": (["--model.compile", "true"], ["--model.compile", "reduce-overhead"]),

@@ -55,7 +55,7 @@ def bare_step(cli, steps: int) -> dict:
     model._build(tuple(dm.image_shape))
     device = trainer.strategy.root_device
     net = model.velocity.to(device)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=model.hparams.fused_adamw)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=model.optimizer_config.fused)
     x0 = dm.imputations[: dm.batch_size].to(device).contiguous(memory_format=model.memory_format)
     m = dm.masks[: dm.batch_size].to(device, x0.dtype).contiguous(memory_format=model.memory_format)
 

@@ -22,8 +22,8 @@ SCRIPT = ROOT / "scripts" / "benchmark.py"
 # A MIRI run of seconds on 16x16 images: a U-Net of width 8, 4 rounds of one epoch, 2 solver steps.
 TINY_MIRI = [
     "--data.batch_size", "16", "--model.net.width", "8", "--model.net.channel_mults", "[1, 2]",
-    "--model.net.attention_resolutions", "[]", "--model.ema_decay", "0.0", "--model.lr", "3e-3",
-    "--model.warmup_steps", "1", "--model.solver.steps", "2", "--rounds.grid_images", "4",
+    "--model.net.attention_resolutions", "[]", "--model.ema_decay", "0.0", "--model.optimizer.lr", "3e-3",
+    "--model.optimizer.warmup_steps", "1", "--model.solver.steps", "2", "--rounds.grid_images", "4",
     "--rounds.num_rounds", "4", "--rounds.steps", "4", "--trainer.precision", "32-true",
     "--trainer.enable_model_summary", "false", "--trainer.accelerator", "cpu",
 ]

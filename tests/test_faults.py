@@ -191,7 +191,7 @@ def test_a_full_disk_in_round_two_names_the_file_and_keeps_round_one(victim, tmp
 
 @pytest.mark.parametrize("fused", ["true", "false"])  # skipped on the device / on the host
 def test_a_nan_loss_is_skipped_without_touching_weights_ema_or_optimiser(fused, tmp_path):
-    run_cli(tmp_path, *ARGS, "--model.ema_decay", "0.5", "--model.fused_adamw", fused,
+    run_cli(tmp_path, *ARGS, "--model.ema_decay", "0.5", "--model.optimizer.fused", fused,
             callback("NaNLossAt", epoch=1, batch=1))
     assert json.loads((tmp_path / "skipped_rank0.json").read_text()) == {"unchanged": True}
     assert [r["round"] for r in read_rounds(tmp_path)] == [0, 1, 2]
@@ -244,9 +244,9 @@ def test_under_ddp_nan_losses_on_one_rank_stop_every_rank_and_keep_round_one(tmp
 
 
 def test_a_huge_learning_rate_stops_before_any_checkpoint(tmp_path):
-    message = fails(tmp_path, *ARGS, "--model.lr", "1e30")
+    message = fails(tmp_path, *ARGS, "--model.optimizer.lr", "1e30")
     assert_stopped_for_bad_steps(message, at_least=3)
-    assert "Lower model.lr" in message
+    assert "Lower model.optimizer.lr" in message
     assert [r["round"] for r in read_rounds(tmp_path)] == [0]
     assert checkpoint_names(tmp_path) == set()
 
@@ -354,9 +354,11 @@ def test_a_checkpoint_from_before_the_format_was_recorded_still_resumes(referenc
 
 @pytest.mark.parametrize("overrides, key", [
     (["--model.no_such_key", "1"], "--model.no_such_key"),
-    (["--model.lr", "abc"], '"model.lr"'),
+    (["--model.optimizer.lr", "abc"], '"model.optimizer.lr"'),
+    (["--model.net.width", "abc"], '"model.net.width"'),
     (["--rounds.steps", "x"], '"rounds.steps"'),
     (["--model.max_bad_steps", "0"], "model.max_bad_steps must be >= 1, got 0"),
+    (["--model.optimizer.final_lr_ratio", "0"], "model.optimizer.final_lr_ratio must be in (0, 1], got 0.0"),
     (["--rounds.steps", "4", "--rounds.min_steps", "8"], "rounds.min_steps must be between 1 and rounds.steps (4)"),
     (["--rounds.min_steps", "4"], "set data.val_fraction"),
     (["--model.train_crop", "7"], "model.train_crop must be a multiple of 2"),
@@ -366,9 +368,10 @@ def test_a_checkpoint_from_before_the_format_was_recorded_still_resumes(referenc
     (["--data.init_fill", "interpolation", "--data.fill_noise_scale", "0.5"], "data.fill_noise_scale scales what"),
     (["--data.mask.init_args.missing_rate", "1.5"], "data.mask.missing_rate (MCAR) must be in [0, 1), got 1.5"),
     (["--data.mask.init_args.missing_rate", "-0.1"], "data.mask.missing_rate (MCAR) must be in [0, 1), got -0.1"),
-], ids=["unknown_key", "wrong_type", "wrong_type_nested", "bad_value", "min_steps_above_steps", "min_steps_without_held_out", "train_crop_odd",
-        "fill_noise_on_noise", "fill_keep_on_mean", "fill_keep_zero", "fill_noise_scale_without_auto",
-        "missing_rate_high", "missing_rate_negative"])
+], ids=["unknown_key", "wrong_type", "wrong_type_in_net", "wrong_type_nested", "bad_value", "bad_optimizer_value",
+        "min_steps_above_steps", "min_steps_without_held_out", "train_crop_odd", "fill_noise_on_noise",
+        "fill_keep_on_mean", "fill_keep_zero", "fill_noise_scale_without_auto", "missing_rate_high",
+        "missing_rate_negative"])
 def test_a_bad_config_is_one_short_line_naming_the_key(overrides, key, tmp_path):
     message = fails(tmp_path / "run", *overrides)
     assert key in message and len(message) < 200

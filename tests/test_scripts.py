@@ -92,7 +92,7 @@ def test_recipe_round_floor_counts_the_recipe_s_steps_at_the_warm_step_time(monk
     config = tmp_path / "recipe.yaml"
     config.write_text("rounds:\n  steps: 9000\n")
     # the script's own round settings come last, so they win over the overrides
-    overrides = ["--rounds.steps", "500", "--model.lr", "1e-3"]
+    overrides = ["--rounds.steps", "500", "--model.optimizer.lr", "1e-3"]
     figures = bench.throughput(config, [], steps=4, rounds=2, extra=overrides)
     assert figures["recipe_round_seconds_at_least"] == 500 * 2.0 / 4 + 4.0  # the recipe as run: 500 steps
     assert ran[0][ran[0].index("--rounds.steps", 2) + 1] == "4"

@@ -13,7 +13,8 @@ from miri_lightning.cli import MIRICLI, build_cli
 from miri_lightning.data.datamodule import MaskedImageDataModule
 from miri_lightning.data.masks import MCAR
 from miri_lightning.data.sources import Shapes
-from miri_lightning.module import MIRI, random_window
+from miri_lightning.flow import random_window
+from miri_lightning.module import MIRI
 
 TWO_ROUNDS = ["--rounds.num_rounds", "2", "--rounds.steps", "16"]
 
@@ -64,7 +65,8 @@ def test_resume_from_round_one_continues_in_round_two_like_an_uninterrupted_run(
     assert len(final["miri"]["round_weights"]) == 2
 
 
-@pytest.mark.parametrize("restart", [["--rounds.reinit_each_round", "true"], ["--model.restart_optimizer", "true"]],
+@pytest.mark.parametrize("restart", [["--rounds.reinit_each_round", "true"],
+                                     ["--model.optimizer.restart_each_round", "true"]],
                          ids=["fresh_network", "fresh_optimizer"])
 def test_a_round_that_restarts_also_resumes_exactly(restart, tmp_path):
     fresh = [*restart, "--rounds.num_rounds", "2", "--rounds.steps", "4"]
@@ -128,7 +130,8 @@ def test_memory_mapped_state_resumes_exactly_and_keeps_checkpoints_small(tmp_pat
 
 
 def test_cosine_learning_rate_ends_at_the_final_ratio(tmp_path):
-    run_cli(tmp_path, "--model.final_lr_ratio", "0.1", "--rounds.num_rounds", "2", "--rounds.steps", "4")
+    run_cli(tmp_path, "--model.optimizer.final_lr_ratio", "0.1", "--rounds.num_rounds", "2",
+            "--rounds.steps", "4")
     state = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["lr_schedulers"][0]
     assert state["_last_lr"][0] == pytest.approx(3e-3 * 0.1)  # 3e-3 is TINY's lr
 
@@ -258,7 +261,7 @@ def assert_same_up_to_rounding(got: Path, expected: Path) -> None:
 
 
 def test_unfused_adamw_gives_the_same_imputations(two_round_run, tmp_path):
-    assert_same_up_to_rounding(run_cli(tmp_path, *TWO_ROUNDS, "--model.fused_adamw", "false"), two_round_run)
+    assert_same_up_to_rounding(run_cli(tmp_path, *TWO_ROUNDS, "--model.optimizer.fused", "false"), two_round_run)
 
 
 def test_compiled_velocity_gives_the_same_imputations(tmp_path):
@@ -275,8 +278,6 @@ def test_compiled_velocity_gives_the_same_imputations(tmp_path):
     ("max-autotune", "max-autotune", "max-autotune-no-cudagraphs"),
 ])
 def test_cuda_graphs_compile_training_only(setting, training, solve, monkeypatch):
-    from miri_lightning.module import MIRI, random_window
-
     calls = []
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, mode: calls.append((self, mode)))
     model = MIRI(compile=setting, net={"width": 8, "channel_mults": [1]}, image_shape=(1, 8, 8))
@@ -346,11 +347,11 @@ class RoundStarts(Callback):
 @pytest.mark.parametrize("restart", [True, False])
 def test_each_warm_started_round_restarts_the_optimizer_unless_told_not_to(restart, tmp_path):
     cli = build_cli([*TINY, "--trainer.default_root_dir", str(tmp_path), "--rounds.num_rounds", "2",
-                     "--rounds.steps", "6", "--rounds.mi_steps", "0", "--model.warmup_steps", "4",
-                     "--model.restart_optimizer", str(restart).lower()])
+                     "--rounds.steps", "6", "--rounds.mi_steps", "0", "--model.optimizer.warmup_steps", "4",
+                     "--model.optimizer.restart_each_round", str(restart).lower()])
     cli.trainer.callbacks.append(starts := RoundStarts())
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    lr = cli.model.hparams.lr
+    lr = cli.model.optimizer_config.lr
     (state_1, lr_1), (state_2, lr_2) = starts.seen
     assert state_1 == 0 and lr_1 == pytest.approx(lr / 4)
     if restart:  # round 2 starts with no AdamW moments and warms up again

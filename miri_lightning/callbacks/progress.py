@@ -8,14 +8,14 @@ from .rounds import MIRIRounds
 class RoundProgressBar(TQDMProgressBar):
     """TQDM bar described as `round r/T` (an epoch is a round's training) instead of `Epoch e`, with the last loss read.
 
-    The loss is the number the module last read from the device (every
+    The loss is the number the module's step guard last read from the device (every
     `trainer.log_every_n_steps` steps), not a logged tensor: Lightning would
     read that at every step, and each read stalls a GPU.
     """
 
     def get_metrics(self, trainer, pl_module) -> dict:
         items = super().get_metrics(trainer, pl_module)
-        loss = getattr(pl_module, "last_loss", None)
+        loss = pl_module.guard.last_loss
         if loss is not None:
             items["train/loss"] = f"{loss:.3g}"
         return items

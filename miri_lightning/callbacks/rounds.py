@@ -211,7 +211,8 @@ class MIRIRounds(Callback):
         self.train_seconds += seconds
         self.fastest_epoch = min(self.fastest_epoch, seconds)  # the steady rate, without a round's first-epoch costs
         self.round_steps += trainer.global_step - self._epoch_start_step
-        pl_module.report_steps()  # stops here, before the round ends, after too many NaN losses in a row
+        # Stops here, before the round ends, after too many NaN losses in a row.
+        pl_module.guard.report(trainer.current_epoch, trainer.global_step)
         dm = trainer.datamodule
         if dm.round >= self.num_rounds:
             return

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from ..errors import ConfigError
@@ -227,3 +228,22 @@ def check_unet_config(cfg: UNetConfig, image_size: int) -> None:
     bad = [cfg.width * m for m in cfg.channel_mults if (cfg.width * m) % cfg.groups]
     if bad and cfg.norm == "group":
         raise ConfigError(f"model.net.groups: {cfg.groups} must divide every level's channels, not {bad}")
+
+
+def check_train_crop(cfg: UNetConfig, crop: Optional[int], image_size: int) -> None:
+    """Fail early for training windows (`model.train_crop`) this U-Net cannot take; warn where some of its
+    layers span the whole feature map, and so would see a window in training but the whole image in the solve."""
+    if crop is None:
+        return
+    halvings = 2 ** (len(cfg.channel_mults) - 1)
+    if not (0 < crop <= image_size and crop % halvings == 0):
+        raise ConfigError(f"model.train_crop must be a multiple of {halvings} (the U-Net halves it "
+                          f"{halvings.bit_length() - 1} times) and at most the image side {image_size}, got {crop}")
+    spans = [key for key, on in (("norm: group", cfg.norm == "group"), ("mid_attention: true", cfg.mid_attention),
+                                 ("attention_resolutions", cfg.attention_resolutions)) if on]
+    if crop < image_size and spans:
+        rank_zero_warn(f"MIRI: model.train_crop {crop} with model.net {' and '.join(spans)}: these layers see "
+                       f"a {crop}x{crop} window in training but the whole {image_size}x{image_size} image in the "
+                       "solve, which biases every imputation alike; set model.net.norm: pixel, "
+                       "model.net.mid_attention: false and no model.net.attention_resolutions "
+                       "(docs/2026-12-02-shared-error.md)")
