@@ -328,6 +328,8 @@ BAD_CHECKPOINTS = {
                       "holds a network with model.net"),
     "epoch_counted_rounds": (lambda ref, tmp: edited(ref, tmp, lambda d: d["miri"].pop("epoch_is_round")),
                              "was written when a round was counted in epochs"),
+    "rounds_disagree": (lambda ref, tmp: edited(ref, tmp, lambda d: d["miri"]["round_weights"].pop()),
+                        "holds the weights of 1 rounds, but its imputations are those of round 2"),
 }
 
 

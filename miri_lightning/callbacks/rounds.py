@@ -26,7 +26,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ..data.datamodule import MaskedImageDataModule
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..grids import imputation_grid, log_grid
 from ..inference import MIRIImputer
 from ..io import publish_copy, save_imputations, save_png, write_round_record
@@ -174,6 +174,11 @@ class MIRIRounds(Callback):
         trainer.datamodule.batches_per_epoch = self.steps * trainer.accumulate_grad_batches
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # The round is the datamodule's (restored by now); the weights replayed for new images are one set a round.
+        kept, done = len(pl_module.round_weights), trainer.datamodule.round
+        if kept != done:
+            raise DataError(f"{trainer.ckpt_path} holds the weights of {kept} rounds, but its imputations are those "
+                            f"of round {done}: it was not written by miri-lightning at a round's end, or was edited")
         if trainer.datamodule.round == 0 and trainer.current_epoch == 0:
             self._report(trainer, pl_module, self._score(trainer, trainer.datamodule.imputations),
                          {"train_seconds": 0.0, "impute_seconds": 0.0})
