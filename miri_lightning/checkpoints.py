@@ -1,4 +1,4 @@
-"""Checkpoint files: written atomically, read without running pickled code, checked before a run resumes.
+"""Checkpoint files: named, written atomically, read without running pickled code, checked before a run resumes.
 
 `checkpoint["miri"]["format"]` records the layout of what MIRI stores in a
 checkpoint; a resume refuses any other format with a message instead of
@@ -15,12 +15,26 @@ from typing import Any, Optional
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from .errors import DataError, TrainingError
 from .io import atomic_path
 
 # Bump when the contents of checkpoint["miri"] or the datamodule's state change meaning.
 CHECKPOINT_FORMAT = 1
+# Where train.py keeps a run's checkpoints, and the ModelCheckpoint filename of a round's (`checkpoint.dirpath`
+# and `checkpoint.filename` by default): RUN/checkpoints/round001.ckpt, round002.ckpt, ... and last.ckpt.
+CHECKPOINT_DIR = "checkpoints"
+ROUND_FILENAME = "round{round:03.0f}"
+# A key that only the datamodule's state holds. Lightning files that state under the datamodule class's name,
+# which a subclass or a rename changes: the state is found by this key instead.
+DATA_STATE_MARK = "masks_sha1"
+
+
+def run_checkpoint(run: str | os.PathLike, t: Optional[int] = None) -> Path:
+    """Round t's checkpoint in a train.py run folder, or its last.ckpt when `t` is None."""
+    name = ModelCheckpoint.CHECKPOINT_NAME_LAST if t is None else ROUND_FILENAME.format(round=t)
+    return Path(run) / CHECKPOINT_DIR / (name + ModelCheckpoint.FILE_EXTENSION)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -75,6 +89,16 @@ def miri_state(data: dict, path: str | os.PathLike) -> dict:
         raise DataError(f"{path} is miri-lightning checkpoint format {found}; this version of miri-lightning "
                         f"reads format {CHECKPOINT_FORMAT}")
     return state
+
+
+def data_state(data: dict, path: str | os.PathLike) -> dict:
+    """The datamodule's state in a checkpoint (the round, the masks' digest, round 0's fill, the imputations),
+    found by what it holds rather than by the datamodule class's name; or a DataError naming the file."""
+    states = [value for value in data.values() if isinstance(value, dict) and DATA_STATE_MARK in value]
+    if len(states) != 1:
+        raise DataError(f"{path} is not a miri-lightning checkpoint: it holds {len(states)} MaskedImageDataModule "
+                        "states, not one")
+    return states[0]
 
 
 def check_resume(path: str | os.PathLike, net: dict) -> None:

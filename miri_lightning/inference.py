@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .baselines import seed_stream
 from .draws import conformal_scale
 from .fills import RoundZeroFill
-from .checkpoints import miri_state, read_checkpoint
+from .checkpoints import data_state, miri_state, read_checkpoint
 from .data.checks import check_binary, images_without_observed
 from .errors import DataError
 from .flow import SolverConfig, solve_batches
@@ -37,14 +37,15 @@ PRECISIONS = {"32": torch.float32, "bf16": torch.bfloat16, "16": torch.float16}
 
 def _from_training_checkpoint(data: dict, path: Path) -> dict:
     """The export dict of a Lightning checkpoint written by `train.py`."""
-    hparams, state = data.get("hyper_parameters", {}), data.get("MaskedImageDataModule", {})
+    hparams = data.get("hyper_parameters", {})
     weights = miri_state(data, path).get("round_weights")
     if not hparams.get("image_shape") or weights is None:
         raise DataError(f"{path} is not a miri-lightning checkpoint (no MIRI model or per-round weights in it)")
     if not weights:
         raise DataError(f"{path} was saved before the first round ended: it has no velocity field to apply")
+    fill = RoundZeroFill.from_state(data_state(data, path))
     return {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "image_shape": list(hparams["image_shape"]),
-            "net": hparams["net"], "solver": hparams["solver"], **RoundZeroFill.from_state(state).state(),
+            "net": hparams["net"], "solver": hparams["solver"], **fill.state(),
             "round_weights": weights}
 
 

@@ -11,30 +11,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
+
+from miri_lightning.errors import TrainingError
+from miri_lightning.runs import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def impute_seconds(processes: int, images: int, size: int, steps: int, extra: list[str]) -> float:
-    with tempfile.TemporaryDirectory() as run_dir:
-        cmd = [
-            sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs" / "quickstart.yaml"),
-            "--data.source.init_args.num_images", str(images), "--data.source.init_args.image_size", str(size),
-            "--model.solver.steps", str(steps), "--rounds.num_rounds", "1", "--rounds.steps", "2", "--rounds.mi_steps", "0", "--logging.backend", "csv",
-            "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu",
-            "--trainer.devices", str(processes), "--trainer.default_root_dir", run_dir, *extra,
-        ]
-        if processes > 1:
-            cmd += ["--trainer.strategy", "ddp"]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True)
-        rounds = [json.loads(line) for line in (Path(run_dir) / "rounds.jsonl").read_text().splitlines()]
-        return rounds[-1]["impute_seconds"]
+    """The seconds of one round's re-imputation of the collection on `processes` CPU processes."""
+    overrides = [
+        "--data.source.init_args.num_images", str(images), "--data.source.init_args.image_size", str(size),
+        "--model.solver.steps", str(steps), "--rounds.num_rounds", "1", "--rounds.steps", "2", "--rounds.mi_steps", "0",
+        "--trainer.accelerator", "cpu", "--trainer.devices", str(processes), *extra,
+    ]
+    if processes > 1:
+        overrides += ["--trainer.strategy", "ddp"]
+    rounds = train(ROOT / "configs" / "quickstart.yaml", overrides, env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    return rounds[-1]["impute_seconds"]
 
 
 def main() -> None:
@@ -54,4 +50,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except TrainingError as err:
+        sys.exit(str(err))

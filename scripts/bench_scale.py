@@ -62,8 +62,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SKIP_IMPUTE = "MIRI_BENCH_SCALE_SKIP_IMPUTE"  # set for a run's processes by --skip-impute
 CHUNK_BYTES = 64 << 20  # the synthetic writer's buffer
 METRICS_IMAGES = 256  # the round's metrics (MMD is quadratic in them) read the first this-many images
-QUIET = ["--logging.backend", "csv", "--trainer.enable_progress_bar", "false",
-         "--trainer.enable_model_summary", "false"]
 # A U-Net small enough that the data, not the network, dominates memory; one Euler step per solve.
 TINY_NET = ["--model.net.width", "8", "--model.net.channel_mults", "[1, 2]", "--model.net.num_res_blocks", "1",
             "--model.net.attention_resolutions", "[]", "--model.ema_decay", "0.0",
@@ -208,6 +206,7 @@ def worker(report_dir: Path, overrides: list[str]) -> None:
     import torch
     from miri_lightning.cli import build_cli
     from miri_lightning.errors import MIRIError
+    from miri_lightning.runs import QUIET
 
     timed_impute = instrument(marks)
 

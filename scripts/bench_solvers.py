@@ -16,46 +16,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from miri_lightning.checkpoints import miri_state, read_checkpoint  # noqa: E402
-from miri_lightning.cli import build_cli  # noqa: E402
-from miri_lightning.flow import SolverConfig, solve_batches  # noqa: E402
-from miri_lightning.metrics import collection_metrics  # noqa: E402
-from miri_lightning.models.unet import UNetConfig, VelocityUNet  # noqa: E402
-
-
-def run_datamodule(run: Path):
-    """A finished run's data module, set up from its saved config.yaml: images, masks, truth and round 0's fill."""
-    config = next(run.rglob("config.yaml"))
-    with tempfile.TemporaryDirectory() as scratch:
-        cli = build_cli(["--config", str(config), "--trainer.logger", "false", "--trainer.default_root_dir", scratch])
-        dm = cli.datamodule
-        dm.setup()
-    return dm
-
-
-def round_checkpoint(run: Path, t: int) -> Path:
-    """Round t's checkpoint in a run folder (train.py names them round001.ckpt, round002.ckpt, ...)."""
-    return run / "checkpoints" / f"round{t:03d}.ckpt"
-
-
-def imputations_after(run: Path, t: int, dm) -> torch.Tensor:
-    """x_hat^(t) of a finished run: round t's checkpoint, or `dm`'s initial fill for t = 0."""
-    if t == 0:
-        return dm.imputations
-    ckpt = round_checkpoint(run, t)
-    state = read_checkpoint(ckpt)["MaskedImageDataModule"]
-    if state["masks_sha1"] != dm.masks_sha1:
-        sys.exit(f"{ckpt}: its masks differ from those rebuilt from the run's config.yaml")
-    return state["imputations"]
+from miri_lightning.checkpoints import run_checkpoint
+from miri_lightning.errors import MIRIError
+from miri_lightning.flow import SolverConfig, solve_batches
+from miri_lightning.inference import MIRIImputer
+from miri_lightning.metrics import collection_metrics
+from miri_lightning.runs import imputations_after, run_datamodule
 
 
 def round_inputs(run: Path, t: int):
@@ -63,11 +34,9 @@ def round_inputs(run: Path, t: int):
     dm = run_datamodule(run)
     if dm.truth is None:
         sys.exit(f"{run}: its data has no ground truth to score against")
-    ckpt = round_checkpoint(run, t)
-    data = read_checkpoint(ckpt)
-    net = VelocityUNet(dm.image_shape[0], dm.image_shape[1], UNetConfig(**data["hyper_parameters"]["net"]))
-    net.load_state_dict(miri_state(data, ckpt)["round_weights"][t - 1])
-    return imputations_after(run, t - 1, dm), dm.masks, dm.truth, net.eval()
+    imputer = MIRIImputer.load(run_checkpoint(run, t))
+    imputer.net.load_state_dict(imputer.round_weights[t - 1])
+    return imputations_after(run, t - 1, dm), dm.masks, dm.truth, imputer.net
 
 
 def main() -> None:
@@ -78,7 +47,10 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--out", type=Path, help="also write the results here as JSON")
     args = p.parse_args()
-    start, masks, truth, net = round_inputs(args.run, args.round)
+    try:
+        start, masks, truth, net = round_inputs(args.run, args.round)
+    except MIRIError as err:
+        sys.exit(str(err))
     results = []
     for spec in args.solvers:
         method, steps = spec.split(":")

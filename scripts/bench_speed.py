@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,11 +43,12 @@ import torch
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from miri_lightning.callbacks.rounds import MIRIRounds
+from miri_lightning.cli import build_cli
+from miri_lightning.errors import TrainingError
+from miri_lightning.runs import QUIET, short_rounds, train
 
-from miri_lightning.callbacks.rounds import MIRIRounds  # noqa: E402
-from miri_lightning.cli import build_cli  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # Each speed option, as train.py overrides (off, on).
 LEVERS = {
@@ -63,32 +63,12 @@ LEVERS = {
 }
 # Network evaluations per step of each fixed-step solver.
 EVALUATIONS = {"euler": 1, "midpoint": 2, "rk4": 4}
-QUIET = ["--logging.backend", "csv", "--trainer.enable_progress_bar", "false",
-         "--trainer.enable_model_summary", "false"]
 
 
 def same_data(config: Path) -> list[str]:
     """Overrides that give another config this config's images and masks."""
     data = yaml.safe_load(config.read_text())["data"]
     return ["--data.source", json.dumps(data["source"]), "--data.mask", json.dumps(data["mask"])]
-
-
-def train(config: Path, overrides: list[str], budget: float | None = None, profile: Path | None = None) -> list[dict]:
-    """Run train.py in a scratch folder (under cProfile into `profile`); returns its rounds.jsonl records
-    (those finished within `budget`)."""
-    with tempfile.TemporaryDirectory() as run_dir:
-        python = [sys.executable, *(["-m", "cProfile", "-o", str(profile)] if profile else [])]
-        cmd = [*python, str(ROOT / "train.py"), "--config", str(config), *QUIET,
-               "--trainer.default_root_dir", run_dir, *overrides]
-        try:
-            subprocess.run(cmd, cwd=ROOT, check=True, timeout=budget, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, text=True)
-        except subprocess.TimeoutExpired:
-            pass  # rounds.jsonl is written atomically: what is there is whole
-        except subprocess.CalledProcessError as err:
-            sys.exit(f"train.py failed for {config}:\n{err.stderr[-3000:]}")
-        path = Path(run_dir) / "rounds.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def throughput(config: Path, data: list[str], steps: int, rounds: int, extra: list[str]) -> dict:
@@ -103,13 +83,6 @@ def throughput(config: Path, data: list[str], steps: int, rounds: int, extra: li
         floor = recipe_steps(config, extra) * step_seconds + last["impute_seconds"]
         figures["recipe_round_seconds_at_least"] = round(floor, 1)
     return figures
-
-
-def short_rounds(steps: int, rounds: int) -> list[str]:
-    """Overrides for `rounds` rounds of `steps` optimiser steps without the mask-information probe and held-out
-    loss; they must come after any others, to win."""
-    return ["--rounds.num_rounds", str(rounds), "--rounds.steps", str(steps), "--rounds.min_steps", "null",
-            "--rounds.mi_steps", "0", "--rounds.on_worse", "warn", "--data.val_fraction", "0"]
 
 
 def recipe_steps(config: Path, overrides: list[str]) -> int:
@@ -187,7 +160,7 @@ def time_to_quality(config: Path, data: list[str], target: float, budget: float,
     if budget <= 0:
         return {"seconds": None, "rounds_done": 0, "seconds_spent": 0.0, "skipped": True}
     start = time.perf_counter()
-    rounds = train(config, [*data, *extra], budget=budget)
+    rounds = train(config, [*data, *extra], timeout=budget)
     elapsed = 0.0
     for record in rounds[1:]:
         elapsed += record["train_seconds"] + record["impute_seconds"]
@@ -270,4 +243,7 @@ def ratios(results: dict) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except TrainingError as err:
+        sys.exit(str(err))

@@ -67,16 +67,18 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from miri_lightning.baselines import interpolation_fill, knn_fill, mean_fill, noise_fill
+from miri_lightning.callbacks.rounds import GRIDS_DIR
+from miri_lightning.checkpoints import run_checkpoint
+from miri_lightning.data.masks import MCAR, RandomBoxes, Strokes
+from miri_lightning.data.sources import NpzImages
+from miri_lightning.draws import calibration, draw_mean
+from miri_lightning.inference import MIRIImputer
+from miri_lightning.io import atomic_path
+from miri_lightning.metrics import MI_STEPS, collection_metrics, missing_rmse, mmd_rbf, psnr
+from miri_lightning.runs import read_rounds
 
-from miri_lightning.baselines import interpolation_fill, knn_fill, mean_fill, noise_fill  # noqa: E402
-from miri_lightning.data.masks import MCAR, RandomBoxes, Strokes  # noqa: E402
-from miri_lightning.data.sources import NpzImages  # noqa: E402
-from miri_lightning.draws import calibration, draw_mean  # noqa: E402
-from miri_lightning.inference import MIRIImputer  # noqa: E402
-from miri_lightning.io import atomic_path  # noqa: E402
-from miri_lightning.metrics import MI_STEPS, collection_metrics, missing_rmse, mmd_rbf, psnr  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # Mask settings: (mechanism class, its arguments). A mask that is the same for
 # every image (one centred box) is left out on purpose: nothing trained on the
@@ -141,7 +143,7 @@ def run_miri(args, mask_name: str, seed: int, run_dir: Path) -> list[dict]:
            "--rounds.metrics_max_images", str(args.num_images), "--rounds.mi_steps", str(args.mi_steps),
            "--rounds.mi_seeds", str(args.mi_seeds), *args.overrides]
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    rounds = [measured(json.loads(line), args.mi_steps) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    rounds = [measured(record, args.mi_steps) for record in read_rounds(run_dir)]
     elapsed = 0.0
     for r in rounds:
         elapsed += r["train_seconds"] + r["impute_seconds"]
@@ -212,7 +214,7 @@ def score_draws(run_dir: Path, images: torch.Tensor, masks: torch.Tensor, k: int
                 calibration_images: int = 250) -> dict | None:
     """One draw, the mean of `k` and how well their spread predicts the error, before and after calibrating
     on the first `calibration_images` images (seeds apart from the draws'); None where draws cannot differ."""
-    imputer = MIRIImputer.load(run_dir / "checkpoints" / "last.ckpt", precision=precision)
+    imputer = MIRIImputer.load(run_checkpoint(run_dir), precision=precision)
     if not imputer.stochastic:
         return None
     start = time.perf_counter()
@@ -366,7 +368,7 @@ def run_seed(args, images: torch.Tensor, mask_name: str, seed: int, methods: lis
         if args.draws >= 2:
             entry["draws"] = score_draws(run_dir, images, masks, args.draws, args.draws_precision,
                                          args.calibration_images)
-        grids = sorted((run_dir / "grids").glob("*.png"))
+        grids = sorted((run_dir / GRIDS_DIR).glob("*.png"))
         shutil.copy(grids[-1], args.out / f"grid_{mask_name}.png")
     return entry
 

@@ -27,6 +27,7 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 DATA=$(cd "$DATA" && pwd) || { echo "no data folder $DATA" >&2; exit 2; }
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the scripts import this checkout's package, installed or not
 
 MNIST="--data.source NpzImages --data.source.path $DATA/mnist32_uint8.npz --data.source.num_images 5000"
 CIFAR="--data.source NpzImages --data.source.path $DATA/cifar10_uint8.npz --data.source.num_images 5000"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import pstats
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,9 +32,12 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from bench_speed import QUIET, ROOT, short_rounds, train  # this folder's; it puts ROOT on sys.path
 from miri_lightning.cli import build_cli
+from miri_lightning.errors import TrainingError
 from miri_lightning.flow import derangement, missing_mse, training_pair
+from miri_lightning.runs import QUIET, short_rounds, train
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class CountOps(TorchDispatchMode):
@@ -118,4 +122,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except TrainingError as err:
+        sys.exit(str(err))

@@ -14,13 +14,25 @@ from __future__ import annotations
 
 import argparse
 import json
-from itertools import count, takewhile
+import sys
 from pathlib import Path
 
-# this folder's bench_solvers puts the project on sys.path
-from bench_solvers import imputations_after, round_checkpoint, run_datamodule
+from miri_lightning.errors import MIRIError
 from miri_lightning.io import atomic_path
 from miri_lightning.metrics import MI_STEPS, collection_metrics
+from miri_lightning.runs import imputations_after, run_datamodule, saved_rounds
+
+
+def rescore(args) -> list[str]:
+    """A JSON line a round, each printed as soon as it is scored."""
+    dm = run_datamodule(args.run)
+    lines = []
+    for t in args.rounds or [0, *saved_rounds(args.run)]:
+        imputed = imputations_after(args.run, t, dm)
+        metrics = collection_metrics(imputed, dm.masks, dm.true_images(args.max_images), args.max_images, args.mi_steps)
+        lines.append(json.dumps({"round": t, **metrics, "mi_steps": args.mi_steps}))
+        print(lines[-1], flush=True)
+    return lines
 
 
 def main() -> None:
@@ -31,17 +43,13 @@ def main() -> None:
     p.add_argument("--max-images", type=int, default=5000, help="score the first this-many images")
     p.add_argument("--out", type=Path, help="also write the lines here")
     args = p.parse_args()
-    saved = takewhile(lambda t: round_checkpoint(args.run, t).exists(), count(1))
-    dm = run_datamodule(args.run)
-    lines = []
-    for t in args.rounds or [0, *saved]:
-        imputed = imputations_after(args.run, t, dm)
-        metrics = collection_metrics(imputed, dm.masks, dm.true_images(args.max_images), args.max_images, args.mi_steps)
-        lines.append(json.dumps({"round": t, **metrics, "mi_steps": args.mi_steps}))
-        print(lines[-1], flush=True)
-    if args.out:
-        with atomic_path(args.out) as tmp:
-            tmp.write_text("\n".join(lines) + "\n")
+    try:
+        lines = rescore(args)
+        if args.out:
+            with atomic_path(args.out) as tmp:
+                tmp.write_text("\n".join(lines) + "\n")
+    except MIRIError as err:
+        sys.exit(str(err))
 
 
 if __name__ == "__main__":
