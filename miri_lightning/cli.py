@@ -20,7 +20,7 @@ from lightning.pytorch.plugins import Precision
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from .callbacks import MIRIRounds, RoundCheckpoint, RoundProgressBar
-from .checkpoints import AtomicCheckpointIO, check_resume
+from .checkpoints import CHECKPOINT_DIR, ROUND_FILENAME, AtomicCheckpointIO, check_resume
 from .data.datamodule import MaskedImageDataModule
 from .errors import ConfigError, MIRIError
 from .io import check_writable
@@ -126,7 +126,7 @@ class MIRICLI(LightningCLI):
         parser.set_defaults({
             "trainer.default_root_dir": "checkpoints/miri",
             "trainer.num_sanity_val_steps": 0,
-            "checkpoint.filename": "round{round:03.0f}",
+            "checkpoint.filename": ROUND_FILENAME,
             "checkpoint.auto_insert_metric_name": False,
             "checkpoint.save_top_k": -1,
             "checkpoint.save_last": True,
@@ -140,7 +140,7 @@ class MIRICLI(LightningCLI):
         parser.link_arguments(("rounds.num_rounds", "rounds.on_worse", "rounds.max_retries"), "trainer.max_epochs",
                               compute_fn=MIRIRounds.epochs_needed)
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath",
-                              compute_fn=lambda run_dir: str(Path(run_dir) / "checkpoints"))
+                              compute_fn=lambda run_dir: str(Path(run_dir) / CHECKPOINT_DIR))
 
     def before_instantiate_classes(self) -> None:
         # Before any class is built or writes: a run that cannot save its outputs should not start training.

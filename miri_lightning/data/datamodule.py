@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from ..baselines import ObservedMean
+from ..checkpoints import DATA_STATE_MARK
 from ..fills import InitFill, RoundZeroFill
 from ..errors import ConfigError, DataError
 from .batches import ImputationBatches, IndexBatches, RoundSampler, whole_batch
@@ -171,9 +172,9 @@ class MaskedImageDataModule(LightningDataModule):
         check_collection(self.masks, loaded.shape, self.batch_size)
         self.val_indices, self.train_indices = self._split(len(loaded))
         # Passes over the whole collection: made by the process that writes the state, read by the others.
-        summary = self._on_writer("round0.pt", lambda: {"masks_sha1": digest.hexdigest(),
+        summary = self._on_writer("round0.pt", lambda: {DATA_STATE_MARK: digest.hexdigest(),
                                                          **self._round_zero_fill(loaded)})
-        self.masks_sha1, fallback = summary["masks_sha1"], summary["fallback"]
+        self.masks_sha1, fallback = summary[DATA_STATE_MARK], summary["fallback"]
         self.fill = RoundZeroFill.from_state(summary)
         # Ground truth exists only where every missing entry was hidden by us; 8-bit sources stay 8-bit.
         self.truth_values = None if loaded.has_masks else self._build(
@@ -367,14 +368,14 @@ class MaskedImageDataModule(LightningDataModule):
     def state_dict(self) -> dict:
         """The current imputations (or, memory-mapped, the file that holds them) and the round."""
         # The fill goes along so that new images can later be filled the way round 0 was.
-        state = {"round": self.round, "masks_sha1": self.masks_sha1, **self.fill.state()}
+        state = {"round": self.round, DATA_STATE_MARK: self.masks_sha1, **self.fill.state()}
         if self.store is None:
             return {**state, "imputations": self.imputations.clone()}
         return {**state, "state_dir": str(self.store.folder.parent.resolve()), "imputations_file": round_file(self.round)}
 
     def load_state_dict(self, state: dict) -> None:
         """Swap in a checkpoint's imputations (Lightning calls this after `setup()`)."""
-        if state.get("masks_sha1") != self.masks_sha1:
+        if state.get(DATA_STATE_MARK) != self.masks_sha1:
             raise DataError(
                 "the checkpoint's masks differ from this run's: resume with the same data and mask settings"
             )
