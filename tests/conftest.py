@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +84,33 @@ def run_cli(run_dir: Path, *overrides: str) -> Path:
 
     main([*TINY, "--trainer.default_root_dir", str(run_dir), *overrides])
     return run_dir
+
+
+# What a subprocess started by a test sees: this worktree's tests/ (the probe callbacks) and package first, on one
+# thread like the in-process runs (whose results it must match bit for bit); the session's decode cache comes along.
+def subprocess_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]), "OMP_NUM_THREADS": "1"}
+
+
+def train_command(run_dir: Path, *overrides: str, launcher: tuple[str, ...] = ()) -> list[str]:
+    """`python [launcher] train.py` with TINY plus `overrides`, writing to `run_dir`."""
+    return [sys.executable, *launcher, str(ROOT / "train.py"), *TINY, "--trainer.default_root_dir", str(run_dir),
+            *overrides]
+
+
+def train_subprocess(run_dir: Path, *overrides: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    """`python train.py` (TINY plus `overrides`) in a subprocess: for runs that must die (a kill, a failing rank)
+    and for DDP, whose launcher re-runs the command for the other ranks. Output captured, never raises."""
+    return subprocess.run(train_command(run_dir, *overrides), cwd=ROOT, env=subprocess_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def run_script(script: Path, *args, timeout: int = 300) -> str:
+    """`python <script> args` in a subprocess; asserts it succeeded and returns what it printed."""
+    done = subprocess.run([sys.executable, str(script), *map(str, args)], cwd=ROOT, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
 
 
 def read_rounds(run_dir: Path) -> list[dict]:

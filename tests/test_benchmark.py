@@ -4,7 +4,6 @@ targets verdict, and a run without matplotlib that still writes everything but t
 import copy
 import importlib.util
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import run_script
 from miri_lightning.baselines import noise_fill
 from miri_lightning.data.sources import NpzImages
 from miri_lightning.metrics import mask_information
@@ -57,13 +57,6 @@ def one_thread(monkeypatch):
     torch.set_num_threads(threads)
 
 
-def script(*args) -> str:
-    done = subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
-
-
 def test_per_channel_mask_setting_hides_each_channel_on_its_own(bench):
     images = torch.rand(50, 3, 8, 8)
     cls, kwargs = bench.MASKS["mcar60c"]
@@ -75,11 +68,12 @@ def test_per_channel_mask_setting_hides_each_channel_on_its_own(bench):
     assert (shared[:, 0] == shared[:, 1]).all() and (shared[:, 1] == shared[:, 2]).all()
 
 
+@pytest.mark.slow
 def test_baselines_only_scores_every_fill_with_its_mask_information(tmp_path, bench):
     npz = write_images(tmp_path / "d.npz")
     out = tmp_path / "out"
-    script("--npz", npz, "--num-images", 40, "--masks", "mcar60", "mcar60c", "--seeds", 1, 2, "--baselines-only",
-           "--mi-steps", 50, "--mi-seeds", 2, "--out", out)
+    run_script(SCRIPT, "--npz", npz, "--num-images", 40, "--masks", "mcar60", "mcar60c", "--seeds", 1, 2,
+               "--baselines-only", "--mi-steps", 50, "--mi-seeds", 2, "--out", out)
     result = json.loads((out / "results.json").read_text())
     assert result["truth_halves_mmd"] > 0 and (result["mi_steps"], result["mi_seeds"]) == (50, 2)
     assert list(result["masks"]) == ["mcar60", "mcar60c"]
@@ -198,6 +192,7 @@ def test_targets_without_mask_information_or_late_rounds_are_not_judged(bench):
     assert short["checks"]["no_mi_rise_after_round_2"]["pass"] is None and short["pass"] is None
 
 
+@pytest.mark.slow
 def test_without_matplotlib_everything_but_the_plot_is_written(tmp_path, bench, monkeypatch, capsys):
     npz = write_images(tmp_path / "d.npz", size=16)
     out = tmp_path / "out"

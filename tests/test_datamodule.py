@@ -238,8 +238,6 @@ def test_an_empty_source_is_named(tmp_path):
 
     with pytest.raises(DataError, match=r"data.source Empty gave no images \(shape \(0, 1, 8, 8\)\)"):
         make_dm(source=Empty())
-    with pytest.raises(ConfigError, match="Shapes num_images must be None .* or >= 1, got 0"):
-        Shapes(num_images=0)
 
 
 def test_memmap_state_on_a_full_disk_names_the_file_and_keeps_the_last_round(tmp_path, monkeypatch):

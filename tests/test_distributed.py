@@ -2,13 +2,12 @@
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import ROOT, TINY, read_imputations, read_rounds
+from conftest import ROOT, read_imputations, read_rounds, subprocess_env, train_command, train_subprocess
 from miri_lightning.callbacks.rounds import shard
 from miri_lightning.data.masks import MCAR
 from miri_lightning.data.sources import Shapes
@@ -19,17 +18,10 @@ DDP = ["--data.source.init_args.num_images", str(N), "--rounds.solve_batch_size"
        "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2"]
 
 
-def train(run_dir: Path, *extra: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    """`python train.py` in a subprocess (Lightning's DDP launcher re-runs the command for rank 1)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(ROOT / "train.py"), *TINY, *DDP, "--trainer.default_root_dir", str(run_dir), *extra]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("ddp") / "run"
-    done = train(run, "--trainer.callbacks+=ddp_probe.DumpState")
+    done = train_subprocess(run, *DDP, "--trainer.callbacks+=ddp_probe.DumpState")
     assert done.returncode == 0, done.stderr[-3000:]
     return run
 
@@ -43,6 +35,7 @@ def test_shards_are_disjoint_covering_and_equally_long(n, world):
     assert sorted(real.tolist()) == list(range(n))
 
 
+@pytest.mark.slow
 def test_both_ranks_hold_the_same_collection_with_observed_entries_exact(ddp_run):
     states = [torch.load(ddp_run / f"state_rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert torch.equal(states[0]["imputations"], states[1]["imputations"])
@@ -57,6 +50,7 @@ def test_both_ranks_hold_the_same_collection_with_observed_entries_exact(ddp_run
     assert torch.equal(saved, imputed)
 
 
+@pytest.mark.slow
 def test_rounds_are_logged_once(ddp_run):
     assert [r["round"] for r in read_rounds(ddp_run)] == [0, 1, 2]
     assert sorted(p.name for p in (ddp_run / "grids").iterdir()) == [f"round_00{r}.png" for r in range(3)]
@@ -66,17 +60,19 @@ def test_rounds_are_logged_once(ddp_run):
     assert sum(1 for line in metrics[1:] if line.split(",")[psnr]) == 3
 
 
+@pytest.mark.slow
 def test_resume_from_a_ddp_checkpoint_continues_in_round_two(ddp_run, tmp_path):
     resumed = tmp_path / "resumed"
-    done = train(resumed, "--ckpt_path", str(ddp_run / "checkpoints" / "round001.ckpt"))
+    done = train_subprocess(resumed, *DDP, "--ckpt_path", str(ddp_run / "checkpoints" / "round001.ckpt"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert [r["round"] for r in read_rounds(resumed)] == [2]
     assert torch.equal(read_imputations(resumed)[0], read_imputations(ddp_run)[0])
 
 
+@pytest.mark.slow
 def test_memory_mapped_state_is_one_file_shared_by_both_ranks(ddp_run, tmp_path):
     run = tmp_path / "memmap"
-    done = train(run, "--data.state", "memmap", "--trainer.callbacks+=ddp_probe.DumpState")
+    done = train_subprocess(run, *DDP, "--data.state", "memmap", "--trainer.callbacks+=ddp_probe.DumpState")
     assert done.returncode == 0, done.stderr[-3000:]
     states = [torch.load(run / f"state_rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert torch.equal(states[0]["imputations"], states[1]["imputations"])
@@ -86,9 +82,10 @@ def test_memory_mapped_state_is_one_file_shared_by_both_ranks(ddp_run, tmp_path)
     assert torch.equal(states[0]["imputations"], expected)  # the same run as with the state in memory
 
 
+@pytest.mark.slow
 def test_state_on_the_device_gives_every_rank_the_same_collection_as_the_dataloader(ddp_run, tmp_path):
     run = tmp_path / "on_device"
-    done = train(run, "--data.on_device", "true", "--trainer.callbacks+=ddp_probe.DumpState")
+    done = train_subprocess(run, *DDP, "--data.on_device", "true", "--trainer.callbacks+=ddp_probe.DumpState")
     assert done.returncode == 0, done.stderr[-3000:]
     expected = torch.load(ddp_run / "state_rank0.pt", weights_only=True)["imputations"]
     for rank in (0, 1):
@@ -97,17 +94,17 @@ def test_state_on_the_device_gives_every_rank_the_same_collection_as_the_dataloa
         assert torch.equal(state["resident"], expected)  # the device copy followed every round
 
 
+@pytest.mark.slow
 def test_two_nodes_under_torchrun_each_keep_their_own_state_copy(ddp_run, tmp_path):
     """Two torchrun "nodes" of one process each, on this machine, with memory-mapped state."""
     run = tmp_path / "nodes"
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "OMP_NUM_THREADS": "1"}
-    args = [*TINY, *DDP, "--trainer.devices", "1", "--trainer.num_nodes", "2", "--data.state", "memmap",
-            "--trainer.default_root_dir", str(run), "--trainer.callbacks+=ddp_probe.DumpState"]
+    args = [*DDP, "--trainer.devices", "1", "--trainer.num_nodes", "2", "--data.state", "memmap",
+            "--trainer.callbacks+=ddp_probe.DumpState"]
     port = str(29500 + os.getpid() % 1000)
-    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node",
-                               "1", "--node_rank", str(k), "--master_addr", "127.0.0.1", "--master_port", port,
-                               str(ROOT / "train.py"), *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True) for k in (0, 1)]
+    nodes = [subprocess.Popen(train_command(run, *args, launcher=(
+        "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(k),
+        "--master_addr", "127.0.0.1", "--master_port", port)), cwd=ROOT, env=subprocess_env(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for k in (0, 1)]
     errors = [node.communicate(timeout=240)[1] for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], errors[0][-2000:] + errors[1][-2000:]
     for k in (0, 1):
@@ -118,7 +115,8 @@ def test_two_nodes_under_torchrun_each_keep_their_own_state_copy(ddp_run, tmp_pa
     assert torch.equal(states[0]["imputations"], expected)
 
 
+@pytest.mark.slow
 def test_a_failing_rank_ends_the_run_with_its_message(tmp_path):
-    done = train(tmp_path / "fail", "--trainer.callbacks+=ddp_probe.FailOnRankOne", timeout=180)
+    done = train_subprocess(tmp_path / "fail", *DDP, "--trainer.callbacks+=ddp_probe.FailOnRankOne", timeout=180)
     assert done.returncode != 0
     assert "injected failure on rank 1" in done.stdout + done.stderr

@@ -1,5 +1,6 @@
 """A round's grid: what the model sees of each image, and the draws' mean and spread when the fill is random."""
 
+import pytest
 import torch
 from PIL import Image
 
@@ -34,6 +35,7 @@ def test_draws_add_their_mean_and_an_uncertainty_map_black_where_observed():
     assert torch.all(spread[:, masks[0, 0]] == 0) and torch.all(spread[:, ~masks[0, 0]] > 0)
 
 
+@pytest.mark.slow
 def test_a_run_with_a_random_fill_draws_its_grid_images(tmp_path):
     rows = {}
     for fill in ("noise", "interpolation"):

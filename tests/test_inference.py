@@ -38,6 +38,7 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
+@pytest.mark.slow
 def test_api_keeps_observed_entries_and_is_reproducible(ckpt, held_out):
     imputer = MIRIImputer.load(ckpt)
     images, masks = held_out
@@ -53,6 +54,7 @@ def test_api_keeps_observed_entries_and_is_reproducible(ckpt, held_out):
     assert not torch.equal(draws[1], draws[2])
 
 
+@pytest.mark.slow
 def test_held_out_images_come_closer_to_the_truth_than_the_initial_fill(ckpt, held_out):
     imputer = MIRIImputer.load(ckpt)
     images, masks = held_out
@@ -62,6 +64,7 @@ def test_held_out_images_come_closer_to_the_truth_than_the_initial_fill(ckpt, he
     assert psnr(missing_rmse(imputed, images, full)) > psnr(missing_rmse(filled, images, full)) + 0.3
 
 
+@pytest.mark.slow
 def test_export_is_smaller_safe_and_gives_the_same_result(ckpt, held_out, tmp_path):
     images, masks = held_out
     expected = MIRIImputer.load(ckpt).impute(images, masks, seed=4)
@@ -81,6 +84,7 @@ def noisy_interpolation_run(tmp_path_factory) -> Path:
                    "--data.init_fill", "interpolation", "--data.fill_sigma", "0.4", "--data.fill_noise", "0.05")
 
 
+@pytest.mark.slow
 def test_new_images_are_filled_as_the_training_run_filled_round_0(noisy_interpolation_run, tmp_path, held_out):
     run = noisy_interpolation_run
     images, masks = held_out
@@ -100,6 +104,7 @@ def test_new_images_are_filled_as_the_training_run_filled_round_0(noisy_interpol
     assert torch.equal(wide, interpolation_fill(images, full, sigma=1.0))
 
 
+@pytest.mark.slow
 def test_draws_differ_with_a_noisy_fill_and_a_deterministic_fill_refuses_several(noisy_interpolation_run, tmp_path,
                                                                                  held_out):
     images, masks = held_out
@@ -132,6 +137,7 @@ def test_every_shipped_config_fills_round_0_at_random_and_keeps_observed_entries
     assert (first - second)[~full].abs().max() > 0.01, f"{config.name}: every draw of an image would be the same"
 
 
+@pytest.mark.slow
 def test_calibration_hides_observed_entries_and_scales_the_interval(noisy_interpolation_run, held_out):
     imputer = MIRIImputer.load(noisy_interpolation_run / "checkpoints" / "last.ckpt")
     images, masks = held_out
@@ -141,6 +147,7 @@ def test_calibration_hides_observed_entries_and_scales_the_interval(noisy_interp
         imputer.calibrate(images, masks, share=1.0)
 
 
+@pytest.mark.slow
 def test_draws_differ_with_the_thinned_interpolation(tmp_path, held_out):
     run = run_cli(tmp_path / "thinned", "--rounds.num_rounds", "1", "--rounds.steps", "4",
                   "--data.init_fill", "interpolation", "--data.fill_keep", "0.7")
@@ -165,6 +172,7 @@ def read_pngs(folder: Path, count: int) -> np.ndarray:
     return np.stack([np.asarray(Image.open(folder / f"img{i:02d}.png")) for i in range(count)])
 
 
+@pytest.mark.slow
 def test_cli_gives_the_api_result_for_every_input_and_output_format(ckpt, held_out, tmp_path):
     images, masks = held_out
     expected = MIRIImputer.load(ckpt).impute(images, masks, seed=5)
@@ -195,6 +203,7 @@ def test_cli_gives_the_api_result_for_every_input_and_output_format(ckpt, held_o
     assert np.asarray(Image.open(tmp_path / "sbs" / "img00.png")).shape == (16, 32, 3)
 
 
+@pytest.mark.slow
 def test_cli_writes_the_mean_of_the_draws_and_their_spread(ckpt, held_out, tmp_path):
     images, masks = held_out
     draws = MIRIImputer.load(ckpt).impute(images, masks, seed=2, num_samples=3)
@@ -218,6 +227,7 @@ def test_cli_writes_the_mean_of_the_draws_and_their_spread(ckpt, held_out, tmp_p
     assert np.asarray(Image.open(tmp_path / "sbs" / "img00.png")).shape == (16, 48, 3)  # input | mean | spread
 
 
+@pytest.mark.slow
 def test_cli_writes_the_calibrated_interval_the_api_gives(noisy_interpolation_run, held_out, tmp_path, capsys):
     ckpt = noisy_interpolation_run / "checkpoints" / "last.ckpt"
     images, masks = held_out
@@ -243,6 +253,7 @@ def test_cli_writes_the_calibrated_interval_the_api_gives(noisy_interpolation_ru
     assert pictures[0].shape == (16, 16, 3) and (pictures[0] <= pictures[1]).all() and (pictures[0] < pictures[1]).any()
 
 
+@pytest.mark.slow
 def test_a_run_draws_its_own_collection_again(ckpt, tmp_path):
     run = ckpt.parent.parent
     main([str(ckpt), "--npz", str(run / "imputations.npz"), "--num-samples", "2", "--out", str(tmp_path / "d.npz")])
@@ -260,6 +271,7 @@ def bad_run(capsys, *args) -> str:
     return str(err.value.code) + capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bad_checkpoints_are_named(ckpt, tmp_path, capsys):
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
     (tmp_path / "text.ckpt").write_text("hello")
@@ -272,6 +284,7 @@ def test_bad_checkpoints_are_named(ckpt, tmp_path, capsys):
         assert not out.exists()
 
 
+@pytest.mark.slow
 def test_bad_inputs_stop_before_anything_is_written(ckpt, held_out, tmp_path, capsys):
     images, masks = held_out
     write_pngs(tmp_path / "small", torch.rand(2, 3, 8, 8))
@@ -300,6 +313,7 @@ def test_bad_inputs_stop_before_anything_is_written(ckpt, held_out, tmp_path, ca
     assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == ["img00.png", "img01.png"]
 
 
+@pytest.mark.slow
 def test_api_errors_name_the_tensor(ckpt, held_out):
     imputer = MIRIImputer.load(ckpt)
     images, masks = held_out
@@ -316,6 +330,7 @@ def test_api_errors_name_the_tensor(ckpt, held_out):
     assert torch.isfinite(imputer.impute(missing_nan, masks)).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag", ["--batch-size", "--num-samples"])
 def test_cli_refuses_counts_below_one(flag, ckpt, tmp_path, capsys):
     np.savez(tmp_path / "in.npz", images=np.zeros((1, 16, 16, 3)), masks=np.ones((1, 16, 16)))
@@ -324,6 +339,7 @@ def test_cli_refuses_counts_below_one(flag, ckpt, tmp_path, capsys):
     assert not (tmp_path / "out.npz").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag", [["--mean"], ["--uncertainty"], ["--interval", "0.9"]])
 def test_cli_summaries_need_several_draws(flag, ckpt, tmp_path, capsys):
     np.savez(tmp_path / "in.npz", images=np.zeros((1, 16, 16, 3)), masks=np.ones((1, 16, 16)))
@@ -331,6 +347,7 @@ def test_cli_summaries_need_several_draws(flag, ckpt, tmp_path, capsys):
     assert "--num-samples 2 or more" in message and not (tmp_path / "out.npz").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag", ["--interval", "--calibration-share"])
 def test_cli_refuses_an_interval_level_or_share_outside_0_1(flag, ckpt, tmp_path, capsys):
     np.savez(tmp_path / "in.npz", images=np.zeros((1, 16, 16, 3)), masks=np.ones((1, 16, 16)))

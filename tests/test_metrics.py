@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from miri_lightning.baselines import interpolation_fill
@@ -55,6 +56,7 @@ def test_ssim_is_one_for_identical_images():
     assert ssim(x.clamp(0.2, 0.3), x) < 0.9
 
 
+@pytest.mark.slow
 def test_mask_information_sees_noise_fill_but_not_a_perfect_imputation():
     truth = _images(200)
     masks = torch.rand(truth.shape, generator=torch.Generator().manual_seed(1)) > 0.5
@@ -63,6 +65,7 @@ def test_mask_information_sees_noise_fill_but_not_a_perfect_imputation():
     assert mask_information(truth, masks, steps=150) < 0.05
 
 
+@pytest.mark.slow
 def test_mask_information_by_default_sees_the_trace_of_a_smooth_fill():
     # A smooth fill's trace is subtle: a classifier trained 100 steps reads about 0 bits here.
     truth = _images(200)

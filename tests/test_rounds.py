@@ -1,6 +1,7 @@
 """A round's length in optimiser steps, its end by a held-out loss, and what a round that made things worse does."""
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import read_rounds, run_cli
@@ -18,6 +19,7 @@ def checkpoint_step(run_dir) -> int:
     return torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"]
 
 
+@pytest.mark.slow
 def test_a_round_is_the_same_number_of_steps_at_two_collection_sizes(tmp_path):
     for n in (48, 160):  # 3 and 10 batches of 16 a pass
         run = run_cli(tmp_path / str(n), "--data.source.init_args.num_images", str(n), "--rounds.num_rounds", "2",
@@ -57,6 +59,7 @@ def test_held_out_images_are_not_trained_on_but_are_reimputed():
     assert torch.equal(images, dm.imputations[dm.val_indices]) and torch.equal(masks, dm.masks[dm.val_indices])
 
 
+@pytest.mark.slow
 def test_a_round_ends_early_once_the_held_out_loss_stops_falling_and_logs_it(tmp_path):
     # Needing a halving of the loss at every check, a round stops at its minimum length.
     run = run_cli(tmp_path, "--rounds.num_rounds", "2", "--rounds.steps", "40", "--rounds.min_steps", "4",
@@ -101,6 +104,7 @@ def spoil(monkeypatch, calls: set):
     monkeypatch.setattr(MIRI, "impute", impute)
 
 
+@pytest.mark.slow
 def test_warn_flags_a_round_made_worse_on_purpose(tmp_path, monkeypatch, recwarn):
     spoil(monkeypatch, {1})
     run = run_cli(tmp_path, "--rounds.num_rounds", "2", "--rounds.steps", "4", *SMOOTH)
@@ -110,6 +114,7 @@ def test_warn_flags_a_round_made_worse_on_purpose(tmp_path, monkeypatch, recwarn
     assert [r["best_round"] for r in rounds] == [0, 0, 0]
 
 
+@pytest.mark.slow
 def test_retry_discards_a_worse_round_and_trains_it_longer(tmp_path, monkeypatch):
     spoil(monkeypatch, {1})
     run = run_cli(tmp_path, "--rounds.num_rounds", "1", "--rounds.steps", "4", "--rounds.on_worse", "retry",
@@ -123,6 +128,7 @@ def test_retry_discards_a_worse_round_and_trains_it_longer(tmp_path, monkeypatch
     assert sorted(p.name for p in (run / "checkpoints").glob("*.ckpt")) == ["last.ckpt", "round001.ckpt"]
 
 
+@pytest.mark.slow
 def test_retries_are_bounded(tmp_path, monkeypatch):
     spoil(monkeypatch, {1, 2, 3})
     run = run_cli(tmp_path, "--rounds.num_rounds", "1", "--rounds.steps", "2", "--rounds.on_worse", "retry",
@@ -131,6 +137,7 @@ def test_retries_are_bounded(tmp_path, monkeypatch):
     assert last["retries"] == 2 and last["worse"] and last["steps"] == 6  # kept, flagged, after 3 tries
 
 
+@pytest.mark.slow
 def test_stop_ends_the_run_and_the_best_round_is_kept_beside_the_latest(tmp_path, monkeypatch):
     spoil(monkeypatch, {1})
     run = run_cli(tmp_path, "--rounds.num_rounds", "3", "--rounds.steps", "4", "--rounds.on_worse", "stop", *SMOOTH)

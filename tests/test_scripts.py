@@ -2,24 +2,20 @@
 
 import importlib.util
 import json
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY, read_imputations, read_rounds, run_cli
+from conftest import ROOT, TINY, read_imputations, read_rounds, run_cli, run_script
 
 # TINY without its config: the scripts name their own.
 OVERRIDES = TINY[2:]
 
 
-def script(name: str, *args: str) -> None:
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / name), *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+def script(name: str, *args) -> str:
+    return run_script(ROOT / "scripts" / name, *args)
 
 
+@pytest.mark.slow
 def test_bench_speed_reports_throughput_flops_and_ratios(tmp_path):
     out = tmp_path / "speed.json"
     script("bench_speed.py", "--skip-quality", "--steps", "4", "--rounds", "1", "--peak-tflops", "1",
@@ -36,6 +32,7 @@ def test_bench_speed_reports_throughput_flops_and_ratios(tmp_path):
         ours["impute_images_per_second"] / base["impute_images_per_second"], rel=0.01)
 
 
+@pytest.mark.slow
 def test_bench_solvers_rescores_a_round_of_a_finished_run(tmp_path):
     run = run_cli(tmp_path / "run", "--rounds.num_rounds", "2", "--rounds.steps", "4")
     out = tmp_path / "solvers.json"
@@ -46,6 +43,7 @@ def test_bench_solvers_rescores_a_round_of_a_finished_run(tmp_path):
     assert results["midpoint:2"]["mmd"] == pytest.approx(read_rounds(run)[2]["mmd"], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_profile_step_times_the_bare_and_the_train_py_step(tmp_path):
     out = tmp_path / "profile.json"
     script("profile_step.py", "--steps", "2", "--round-steps", "2", "--top", "5", "--out", out, "--", *OVERRIDES,
@@ -99,6 +97,7 @@ def test_recipe_round_floor_counts_the_recipe_s_steps_at_the_warm_step_time(monk
     assert "recipe_round_seconds_at_least" not in bench.throughput(config, [], 3, 1, [])  # a cold round 1
 
 
+@pytest.mark.slow
 def test_bench_speed_levers_runs_the_chosen_lever_off_and_on(tmp_path):
     out = tmp_path / "levers.json"
     script("bench_speed.py", "--levers", "--only", "fused AdamW", "--steps", "4", "--rounds", "1",
@@ -112,6 +111,7 @@ def test_bench_speed_levers_runs_the_chosen_lever_off_and_on(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))  # written whole, by rename
 
 
+@pytest.mark.slow
 def test_rescore_rounds_gives_a_run_its_own_figures_back_and_more_mask_information_steps(tmp_path):
     run = run_cli(tmp_path / "run", "--rounds.num_rounds", "2", "--rounds.steps", "4")
     out = tmp_path / "rescored.jsonl"
@@ -124,6 +124,7 @@ def test_rescore_rounds_gives_a_run_its_own_figures_back_and_more_mask_informati
             assert mine[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-9), (mine["round"], key)
 
 
+@pytest.mark.slow
 def test_bench_scale_reports_peak_memory_and_times_of_every_rank(tmp_path):
     out = tmp_path / "scale.json"
     script("bench_scale.py", "--images", 2100, "--size", 8, "--processes", 1, "--steps", 2,
@@ -140,6 +141,7 @@ def test_bench_scale_reports_peak_memory_and_times_of_every_rank(tmp_path):
     assert result["machine"]["memory_gb"] > 0 and result["machine"]["cpus"] >= 1
 
 
+@pytest.mark.slow
 def test_bench_scale_can_stop_every_rank_after_training(tmp_path):
     out = tmp_path / "scale.json"
     script("bench_scale.py", "--images", 64, "--size", 8, "--processes", 2, "--steps", 2, "--skip-impute",
@@ -151,17 +153,15 @@ def test_bench_scale_can_stop_every_rank_after_training(tmp_path):
         assert rank["seconds"]["train"] > 0 and rank["seconds"]["impute"] is None
 
 
+@pytest.mark.slow
 def test_bench_calibration_scores_the_interval_before_and_after_calibrating(tmp_path):
     run = run_cli(tmp_path / "run", "--rounds.num_rounds", "1", "--rounds.steps", "4")  # the noise fill: random draws
     images, _ = read_imputations(run)  # 16x16 RGB images in the run's shape
     npz = tmp_path / "images.npz"
     np.savez(npz, images=(images.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8))
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_calibration.py"), "--ckpt",
-                           str(run / "checkpoints" / "last.ckpt"), "--npz", str(npz), "--num-images", "40",
-                           "--subset", "30", "--calibration-images", "20", "--draws", "3", "--precision", "32"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout)
+    result = json.loads(script("bench_calibration.py", "--ckpt", run / "checkpoints" / "last.ckpt", "--npz", npz,
+                               "--num-images", 40, "--subset", 30, "--calibration-images", 20, "--draws", 3,
+                               "--precision", 32))
     assert result["args"]["calibration_images"] == 20 and result["scale"] > 0
     for key in ("coverage", "calibrated_coverage", "quantile_coverage"):
         assert 0 <= result[key] <= 1

@@ -76,9 +76,10 @@ def test_shapes_have_spatial_structure():
     assert neighbour_diff < 0.25 * random_diff
 
 
-@pytest.mark.parametrize("kwargs", [{"image_size": 4}, {"num_images": 0}])
-def test_shapes_bad_config(kwargs):
-    with pytest.raises(ConfigError):
+@pytest.mark.parametrize("kwargs, message", [({"image_size": 4}, "Shapes image_size must be >= 8, got 4"),
+                                             ({"num_images": 0}, "Shapes num_images must be None .* or >= 1, got 0")])
+def test_shapes_bad_config_names_the_setting(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
         Shapes(**kwargs)
 
 
