@@ -10,6 +10,7 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from torchvision.utils import make_grid
 
 from .draws import draw_mean, draw_std
+from .io import to_8bit
 
 # Missing entries are drawn in this colour (magenta: rare in natural images).
 MISSING_COLOUR = torch.tensor([1.0, 0.0, 1.0])
@@ -51,6 +52,7 @@ def log_grid(loggers: list[Logger], key: str, grid: torch.Tensor, step: int) -> 
     """Send a grid to every logger that takes images (W&B, TensorBoard); others get the PNG file only."""
     for logger in loggers:
         if isinstance(logger, WandbLogger):
-            logger.log_image(key=key, images=[grid.permute(1, 2, 0).numpy()])
+            # 8-bit, as the PNG: wandb versions differ in whether they scale a float image in [0, 1] to 0..255.
+            logger.log_image(key=key, images=[to_8bit(grid)])
         elif isinstance(logger, TensorBoardLogger):
             logger.experiment.add_image(key, grid, global_step=step)

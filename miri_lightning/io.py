@@ -98,9 +98,15 @@ def publish_copy(source, path) -> None:
             shutil.copyfile(source, tmp)
 
 
+def to_8bit(image: torch.Tensor) -> np.ndarray:
+    """A (C, H, W) image in [0, 1] as uint8 (H, W, C), rounded: what a PNG of it holds."""
+    return (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
 def save_png(path, image: torch.Tensor) -> None:
     """A (C, H, W) image in [0, 1] as an 8-bit PNG."""
-    array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).squeeze(-1).numpy()
+    array = to_8bit(image)
+    array = array[..., 0] if array.shape[-1] == 1 else array  # grayscale PNGs are (H, W)
     with atomic_path(path) as tmp:
         Image.fromarray(array).save(tmp, format="PNG")
 
