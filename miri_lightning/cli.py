@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from argparse import ArgumentError
 from dataclasses import dataclass
@@ -170,6 +171,22 @@ def wrapped_miri_error(err: Optional[BaseException]) -> Optional[MIRIError]:
     return err
 
 
+# Keys that moved, so that an older config gets the new name in its error, not only "unrecognized".
+RENAMED_KEYS = {"model.lr": "model.optimizer.lr", "model.weight_decay": "model.optimizer.weight_decay",
+                "model.warmup_steps": "model.optimizer.warmup_steps",
+                "model.final_lr_ratio": "model.optimizer.final_lr_ratio",
+                "model.restart_optimizer": "model.optimizer.restart_each_round",
+                "model.fused_adamw": "model.optimizer.fused"}
+
+
+def _with_renames(message: str) -> str:
+    # jsonargparse names a key as "--model.lr" (command line) or "Group 'model' does not accept option 'lr'" (YAML).
+    keys = set(re.findall(r"[\w.]+", message))
+    keys |= {f"{group}.{option}" for group, option in re.findall(r"Group '([\w.]+)' does not accept option '(\w+)'",
+                                                                 message)}
+    return "; ".join([message, *(f"{old} is now {new}" for old, new in RENAMED_KEYS.items() if old in keys)])
+
+
 def build_cli(args: Optional[list[str]] = None) -> MIRICLI:
     """Parse the command line and build the model, data and trainer; bad keys or values raise a MIRIError."""
     try:
@@ -177,7 +194,7 @@ def build_cli(args: Optional[list[str]] = None) -> MIRICLI:
                        save_config_kwargs={"overwrite": True}, subclass_mode_model=False,
                        subclass_mode_data=False, parser_kwargs={"exit_on_error": False})
     except ArgumentError as err:  # an unknown key or a value of the wrong type: one line, not the usage
-        raise ConfigError(" ".join(str(err).split())) from err
+        raise ConfigError(_with_renames(" ".join(str(err).split()))) from err
     except ValueError as err:
         cause = wrapped_miri_error(err)
         if cause is None:

@@ -1,6 +1,6 @@
 """MIRI's rectified flow, with no Lightning in it: the training draws and pair, the loss, the ODE solve.
 
-Notation (DESIGN.md): x0 = x_hat_i (the image), x1 = x_hat_j (an independent
+Notation (docs/reference.md, "How it works"): x0 = x_hat_i (the image), x1 = x_hat_j (an independent
 partner), m = m_i (1 = observed), tau ~ U(0, 1).
 """
 

@@ -76,9 +76,9 @@ def read_folder(images_dir: Path, masks_dir: Optional[Path], channels: int):
 def read_inputs(args, channels: int):
     if args.npz is not None:
         loaded = NpzImages(args.npz).load()
-        if loaded.masks is None:
+        if not loaded.has_masks:
             raise DataError(f"{args.npz} holds neither a `masks` array nor NaN values: nothing is marked missing")
-        return [f"{i:05d}" for i in range(len(loaded.images))], loaded.images, loaded.masks
+        return [f"{i:05d}" for i in range(len(loaded))], loaded.images, loaded.masks
     return read_folder(args.images, args.masks, channels)
 
 

@@ -4,7 +4,8 @@ A run folder holds config.yaml (under the logger's folder), rounds.jsonl (a
 line a round, round 0 first) and checkpoints/round001.ckpt, round002.ckpt,
 ... (each with that round's imputations and the weights of v_1 ... v_t).
 The benchmark scripts share these readers; reading a run back from its
-checkpoints needs a run that keeps its state in memory (the default).
+checkpoints needs a run that kept its state in memory (`data.state: memory`,
+or `auto` on a collection that fits).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Optional
 import torch
 
 from .callbacks.rounds import ROUNDS_FILE
-from .checkpoints import data_state, read_checkpoint, run_checkpoint
+from .checkpoints import DATA_STATE_MARK, data_state, read_checkpoint, run_checkpoint
 from .cli import build_cli
 from .data.datamodule import MaskedImageDataModule
 from .errors import DataError, TrainingError
@@ -80,7 +81,9 @@ def run_datamodule(run: Path) -> MaskedImageDataModule:
     if config is None:
         raise DataError(f"{run} holds no config.yaml: it is not a train.py run folder")
     with tempfile.TemporaryDirectory() as scratch:
-        cli = build_cli(["--config", str(config), "--trainer.logger", "false", "--trainer.default_root_dir", scratch])
+        # The state folder too: a config may name the run's own, which a run still training writes into.
+        cli = build_cli(["--config", str(config), "--trainer.logger", "false", "--trainer.default_root_dir", scratch,
+                         "--data.state_dir", str(Path(scratch) / "state")])
         dm = cli.datamodule
         dm.setup()
     return dm
@@ -95,7 +98,7 @@ def imputations_after(run: Path, t: int, dm: MaskedImageDataModule) -> torch.Ten
         return dm.imputations
     path = run_checkpoint(run, t)
     state = data_state(read_checkpoint(path), path)
-    if state["masks_sha1"] != dm.masks_sha1:
+    if state[DATA_STATE_MARK] != dm.masks_sha1:
         raise DataError(f"{path}: its masks differ from those rebuilt from the run's config.yaml")
     if "imputations" not in state:
         raise DataError(f"{path}: the run kept its imputations in memory-mapped files (data.state memmap); "

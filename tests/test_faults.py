@@ -367,6 +367,7 @@ def test_a_checkpoint_from_before_the_format_was_recorded_resumes_to_the_uninter
 
 @pytest.mark.parametrize("overrides, key", [
     (["--model.no_such_key", "1"], "--model.no_such_key"),
+    (["--model.lr", "1e-3"], "model.lr is now model.optimizer.lr"),
     (["--model.optimizer.lr", "abc"], '"model.optimizer.lr"'),
     (["--model.net.width", "abc"], '"model.net.width"'),
     (["--rounds.steps", "x"], '"rounds.steps"'),
@@ -380,7 +381,7 @@ def test_a_checkpoint_from_before_the_format_was_recorded_resumes_to_the_uninter
     (["--data.init_fill", "interpolation", "--data.fill_keep", "0"], "data.fill_keep must be in (0, 1]"),
     (["--data.init_fill", "interpolation", "--data.fill_noise_scale", "0.5"], "data.fill_noise_scale scales what"),
     (["--data.mask.init_args.missing_rate", "1.5"], "data.mask.missing_rate (MCAR) must be in [0, 1), got 1.5"),
-], ids=["unknown_key", "wrong_type", "wrong_type_in_net", "wrong_type_nested", "bad_value", "bad_optimizer_value",
+], ids=["unknown_key", "renamed_key", "wrong_type", "wrong_type_in_net", "wrong_type_nested", "bad_value", "bad_optimizer_value",
         "min_steps_above_steps", "min_steps_without_held_out", "train_crop_odd", "fill_noise_on_noise",
         "fill_keep_on_mean", "fill_keep_zero", "fill_noise_scale_without_auto", "missing_rate"])
 def test_a_bad_config_is_one_short_line_naming_the_key(overrides, key, tmp_path):

@@ -82,5 +82,5 @@ def test_train_runs_in_a_child_process_and_returns_its_rounds(tmp_path):
 
 
 def test_a_failed_training_names_its_config_and_says_why():
-    with pytest.raises(TrainingError, match=r"(?s)train.py failed for .*quickstart.yaml.*model.lr"):
-        train(CONFIG, [*OVERRIDES, "--model.lr", "fast"])
+    with pytest.raises(TrainingError, match=r"(?s)train.py failed for .*quickstart.yaml.*model.optimizer.lr"):
+        train(CONFIG, [*OVERRIDES, "--model.optimizer.lr", "fast"])

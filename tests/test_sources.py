@@ -24,7 +24,7 @@ from miri_lightning.data.sources import (
 )
 from miri_lightning.data import storage
 from miri_lightning.data.images import read_image
-from miri_lightning.errors import ConfigError, DataError
+from miri_lightning.errors import ConfigError, DataError, OutputError
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -429,6 +429,16 @@ def test_a_decode_that_fails_leaves_no_cache_and_skips_are_reported_on_reuse(tmp
         with pytest.warns(UserWarning, match=r"skipped 1 unreadable image files: im1b\.png") as record:
             data = ImageFolder(folder, on_bad_file="skip").load()
         assert len(record) == 1 and data.shape == (3, 3, 6, 8)
+
+
+def test_a_cache_folder_that_cannot_be_written_is_named_with_the_ways_out(tmp_path, monkeypatch):
+    _random_pngs(tmp_path / "photos", 2)
+    (tmp_path / "a_file").write_text("not a folder")
+    monkeypatch.setenv("MIRI_CACHE_DIR", str(tmp_path / "a_file" / "cache"))
+    with pytest.raises(OutputError, match=r"could not write .*a_file/cache/photos-.*\.u8.*set MIRI_CACHE_DIR to a "
+                                          r"writable folder with room, or the source's `cache: false`"):
+        ImageFolder(tmp_path / "photos").load()
+    assert ImageFolder(tmp_path / "photos", cache=False).load().shape == (2, 3, 6, 8)
 
 
 def test_a_cache_without_its_description_is_not_trusted(tmp_path):

@@ -18,11 +18,13 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from PIL import Image, ImageOps
+import PIL
+from PIL import Image, ImageOps, features
 from tqdm.auto import tqdm
 
 from miri_lightning.data.checks import shorten
 from miri_lightning.errors import DataError, OutputError
+from miri_lightning.io import atomic_path
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 # Grayscale modes of more than 8 bits per pixel (16-bit PNGs open as I;16, older Pillow gives I).
@@ -158,13 +160,16 @@ class _Decoder:
                 bar.update()
                 if len(self.sizes) == 1:  # other sizes are only listed in the error at the end
                     yield np.asarray(image)
-        if self.skipped:
-            rank_zero_warn(f"image folder {self.folder}: skipped {len(self.skipped)} unreadable image files: "
-                           f"{shorten(self.skipped)}")
+        _warn_skipped(self.folder, self.skipped)
         if not self.sizes:
             raise DataError(f"image folder {self.folder} holds no readable images: all {len(self.skipped)} image "
                             "files are bad")
         check_same_size(self.folder, self.sizes, self.advice)
+
+
+def _warn_skipped(folder: Path, names: list[str]) -> None:
+    if names:
+        rank_zero_warn(f"image folder {folder}: skipped {len(names)} unreadable image files: {shorten(names)}")
 
 
 def decode(folder: Path, files: list[Path], decoding: Decoding, advice: str = RESIZE_ADVICE) -> np.ndarray:
@@ -173,8 +178,8 @@ def decode(folder: Path, files: list[Path], decoding: Decoding, advice: str = RE
 
 
 def cache_dir() -> Path:
-    """Where decoded collections are kept: $MIRI_CACHE_DIR, else $XDG_CACHE_HOME/miri-lightning, else
-    ~/.cache/miri-lightning."""
+    """Where decoded collections are kept: $MIRI_CACHE_DIR, else the user's cache folder ($XDG_CACHE_HOME,
+    by default ~/.cache) / miri-lightning."""
     if os.environ.get(CACHE_DIR_VARIABLE):
         return Path(os.environ[CACHE_DIR_VARIABLE])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "miri-lightning"
@@ -185,14 +190,17 @@ class DecodeCache:
     under `cache_dir()`, the key a hash of the files (path, size, modification time) and the decoding settings:
     a changed, added or removed file, or other settings, make a new cache.
 
-    Both are written to temporary names and renamed, the description last, so a run killed while decoding
-    leaves no cache that a later run would trust.
+    Both are written to temporary names, synced and renamed, the description last, so a run killed while
+    decoding leaves no cache that a later run would trust.
     """
 
     def __init__(self, folder: Path, files: list[Path], decoding: Decoding):
         self.folder, self.files, self.decoding = folder, files, decoding
         listing = [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
-        text = json.dumps({"version": CACHE_VERSION, "decoding": asdict(decoding), "files": listing})
+        # A new Pillow or libjpeg may decode the same file to other pixels.
+        decoders = {"pillow": PIL.__version__, "jpeg": features.version("jpg")}
+        text = json.dumps({"version": CACHE_VERSION, "decoders": decoders, "decoding": asdict(decoding),
+                           "files": listing})
         key = hashlib.sha1(text.encode()).hexdigest()[:20]
         root = cache_dir()
         self.data, self.description = root / f"{folder.name}-{key}.u8", root / f"{folder.name}-{key}.json"
@@ -206,9 +214,7 @@ class DecodeCache:
                 return None
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        if about["skipped"]:
-            rank_zero_warn(f"image folder {self.folder}: skipped {len(about['skipped'])} unreadable image files: "
-                           f"{shorten(about['skipped'])}")
+        _warn_skipped(self.folder, about["skipped"])
         return self._map(shape)
 
     def _map(self, shape: tuple[int, ...]) -> np.ndarray:
@@ -217,26 +223,21 @@ class DecodeCache:
 
     def build(self) -> np.ndarray:
         """Decode every file into the cache, then map it."""
-        self.data.parent.mkdir(parents=True, exist_ok=True)
-        pending = self.data.with_name(f"{self.data.name}.{os.getpid()}.pending")
         rank_zero_info(f"decoding the {len(self.files)} images of {self.folder} once, into {self.data} "
                        f"(set {CACHE_DIR_VARIABLE} to keep it elsewhere; the source's `cache: false` skips it)")
         decoder, count, shape = _Decoder(self.folder, self.files, self.decoding), 0, None
         try:
-            with open(pending, "wb") as out:
+            with atomic_path(self.data) as pending, open(pending, "wb") as out:
                 for array in decoder:
                     shape = array.shape
                     out.write(array.tobytes())
                     count += 1
-            os.replace(pending, self.data)
             about = {"shape": [count, *shape], "skipped": decoder.skipped, "folder": str(self.folder.resolve())}
-            pending_about = self.description.with_suffix(f".{os.getpid()}.pending")
-            pending_about.write_text(json.dumps(about))
-            os.replace(pending_about, self.description)
-        except OSError as err:
-            raise OutputError(f"could not write the decoded images to {self.data}: {err.strerror or err}") from err
-        finally:
-            pending.unlink(missing_ok=True)
+            with atomic_path(self.description) as pending:
+                pending.write_text(json.dumps(about))
+        except OutputError as err:
+            raise OutputError(f"{err}: set {CACHE_DIR_VARIABLE} to a writable folder with room, or the source's "
+                              "`cache: false` to decode into memory") from err
         rank_zero_info(f"{self.data}: {count} decoded images, {self.data.stat().st_size / 1e9:.2f} GB; later runs "
                        "with the same files and settings map it instead of decoding (delete it to free the space)")
         return self._map((count, *shape))

@@ -49,7 +49,7 @@ class ImageSet:
 
     @property
     def images(self) -> torch.Tensor:
-        """All images as float32 (N, C, H, W) in [0, 1], 0 where missing."""
+        """All images as float32 (N, C, H, W) in [0, 1] (NaN of a masked source read as 0)."""
         return self.floats(0, len(self))
 
     @property
@@ -62,7 +62,8 @@ class ImageSet:
         chunk = self.values[start:stop]
         if self.eight_bit:
             return chunk.float().div_(255)
-        return torch.nan_to_num(chunk.float(), 0.0)  # NaN is missing (masked by the source): 0, as a fill starts
+        # NaN marks what the source's masks call missing: 0, as a fill starts. Unmasked values stay as given.
+        return torch.nan_to_num(chunk.float(), 0.0) if self.has_masks else chunk.float()
 
     def observed(self, start: int, stop: int) -> torch.Tensor | None:
         """The source's masks of images start..stop-1, bool (n, C, H, W); None when it has none."""

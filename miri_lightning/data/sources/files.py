@@ -172,9 +172,9 @@ class ImageFolder(ImageSource):
         num_images: Use only the first `num_images` readable images (>= 1); None uses all.
         on_bad_file: What to do with a file that cannot be decoded (corrupt or truncated): `fail` stops with an
             error naming it; `skip` leaves it out and warns once with the count and the first names.
-        cache: Decode the files once into an 8-bit cache file (under $MIRI_CACHE_DIR, by default
-            ~/.cache/miri-lightning) that later runs of the same files and settings map; False decodes them
-            into memory on every run.
+        cache: Decode the files once into an 8-bit cache file (under `images.cache_dir()`: $MIRI_CACHE_DIR,
+            else the user's cache folder) that later runs of the same files and settings map; False decodes
+            them into memory on every run.
     """
 
     def __init__(
