@@ -76,6 +76,7 @@ from miri_lightning.draws import calibration, draw_mean
 from miri_lightning.inference import MIRIImputer
 from miri_lightning.io import atomic_path
 from miri_lightning.metrics import MI_STEPS, collection_metrics, missing_rmse, mmd_rbf, psnr
+from miri_lightning.realism import INSTALL_HINT, Realism, load_inception
 from miri_lightning.runs import read_rounds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,6 +102,7 @@ BASELINES = {
     KNN: lambda x, m, seed: knn_fill(x, m, k=5),
 }
 PSNR_SLACK_DB = 3.0  # target (d): MIRI may trail the wide interpolation's PSNR by this much
+KID_RATIO = 0.7  # target (f): MIRI's KID at most this share of the better interpolation's
 MATPLOTLIB_MISSING = ("matplotlib is not installed: rounds.png will be skipped, everything else runs "
                       "(to get the plot: pip install -e '.[bench]', or pip install matplotlib)")
 
@@ -110,7 +112,15 @@ def measured(metrics: dict, mi_steps: int) -> dict:
     return metrics if mi_steps else {**metrics, "mutual_information": None}
 
 
-def score_baselines(images: torch.Tensor, masks: torch.Tensor, seed: int, methods: list[str], args) -> dict:
+def realism_of(realism: Realism | None, imputed: torch.Tensor, prefix: str = "") -> dict:
+    """FID, KID and KID's spread over subsets of all the images (keys after `prefix`), or nothing without the extra."""
+    if realism is None:
+        return {}
+    return {prefix + key: value for key, value in realism(imputed, (len(imputed),))[0].items()}
+
+
+def score_baselines(images: torch.Tensor, masks: torch.Tensor, seed: int, methods: list[str], args,
+                    realism: Realism | None = None) -> dict:
     """Each fill's metrics on all the images, with the estimator (steps, seeds) MIRI's rounds use."""
     scores = {}
     for method in methods:
@@ -119,7 +129,7 @@ def score_baselines(images: torch.Tensor, masks: torch.Tensor, seed: int, method
         seconds = time.perf_counter() - start  # the fill's, not the scoring's
         metrics = collection_metrics(imputed, masks, images, max_images=len(images), mi_steps=args.mi_steps,
                                      mi_seeds=args.mi_seeds)
-        scores[method] = {**measured(metrics, args.mi_steps), "seconds": seconds}
+        scores[method] = {**measured(metrics, args.mi_steps), **realism_of(realism, imputed), "seconds": seconds}
     return scores
 
 
@@ -141,7 +151,7 @@ def run_miri(args, mask_name: str, seed: int, run_dir: Path) -> list[dict]:
            "--data.seed", str(seed), "--model.seed", str(seed), "--trainer.default_root_dir", str(run_dir),
            "--logging.backend", "csv", "--trainer.enable_progress_bar", "false",
            "--rounds.metrics_max_images", str(args.num_images), "--rounds.mi_steps", str(args.mi_steps),
-           "--rounds.mi_seeds", str(args.mi_seeds), *args.overrides]
+           "--rounds.mi_seeds", str(args.mi_seeds), "--rounds.fid_images", str(args.fid_images), *args.overrides]
     subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     rounds = [measured(record, args.mi_steps) for record in read_rounds(run_dir)]
     elapsed = 0.0
@@ -163,8 +173,11 @@ def targets(rounds: list[dict], baselines: dict, record: dict) -> dict:
     (a) mask information at most half the sigma-0.4 interpolation's;
     (b) no round after round 2 with more mask information than MIRI's own round 0 (the fill);
     (c) MMD at most the sigma-0.4 interpolation's;
-    (d) PSNR at least the sigma-1 interpolation's minus PSNR_SLACK_DB.
-    (a) and (b) are not judged (None) without mask information (--mi-steps 0), nor (b) before round 3.
+    (d) PSNR at least the sigma-1 interpolation's minus PSNR_SLACK_DB;
+    (e) FID below the better (lower) of the two interpolations' and (f) KID at most KID_RATIO times the
+        better of theirs, on all the images (`fid_all`, scored at the run's last round only).
+    (a) and (b) are not judged (None) without mask information (--mi-steps 0), nor (b) before round 3, nor
+    (e) and (f) without FID (the `fid` extra); they are left out for a round other than the last.
     """
     sharp_information = baselines[SIGMA_04]["mutual_information"]
     later = [r["mutual_information"] for r in rounds if r["round"] > 2]
@@ -177,9 +190,24 @@ def targets(rounds: list[dict], baselines: dict, record: dict) -> dict:
         "psnr_at_least_sigma1_minus_3db": _check(record["psnr"], baselines[SIGMA_1]["psnr"] - PSNR_SLACK_DB,
                                                  at_most=False),
     }
+    if record is rounds[-1]:
+        checks["fid_below_interpolation"] = _check(record.get("fid_all"), best_interpolation(baselines, "fid"),
+                                                   at_most=True)
+        checks["kid_at_most_07_interpolation"] = _check(record.get("kid_all"),
+                                                        _scaled(best_interpolation(baselines, "kid")), at_most=True)
     verdicts = [c["pass"] for c in checks.values()]
     overall = False if False in verdicts else None if None in verdicts else True
     return {"round": record["round"], "checks": checks, "pass": overall}
+
+
+def best_interpolation(baselines: dict, key: str) -> float | None:
+    """The lower of the two interpolations' `key` (FID or KID), or None where it was not scored."""
+    values = [baselines[name].get(key) for name in (SIGMA_1, SIGMA_04)]
+    return None if None in values else min(values)
+
+
+def _scaled(kid: float | None) -> float | None:
+    return None if kid is None else KID_RATIO * kid
 
 
 def find_round(rounds: list[dict], number: int) -> dict:
@@ -203,15 +231,17 @@ def summary(values: list[float | None]) -> str:
     return f"{mean:.3g} ± {spread:.2g}" if len(values) > 1 else f"{mean:.3g}"
 
 
-TABLE_KEYS = ("mmd", "psnr", "ssim", "mutual_information")
+TABLE_KEYS = ("fid", "kid", "mmd", "psnr", "ssim", "mutual_information")
 CHECK_NAMES = {"mi_at_most_half_sigma04": "(a) mask information <= half the sigma-0.4 fill's",
                "no_mi_rise_after_round_2": "(b) max mask information after round 2 <= round 0's",
                "mmd_at_most_sigma04": "(c) MMD <= the sigma-0.4 fill's",
-               "psnr_at_least_sigma1_minus_3db": f"(d) PSNR >= the sigma-1 fill's - {PSNR_SLACK_DB:g} dB"}
+               "psnr_at_least_sigma1_minus_3db": f"(d) PSNR >= the sigma-1 fill's - {PSNR_SLACK_DB:g} dB",
+               "fid_below_interpolation": "(e) FID < the better interpolation's",
+               "kid_at_most_07_interpolation": f"(f) KID <= {KID_RATIO:g} x the better interpolation's"}
 
 
 def score_draws(run_dir: Path, images: torch.Tensor, masks: torch.Tensor, k: int, precision: str = "32",
-                calibration_images: int = 250) -> dict | None:
+                calibration_images: int = 250, realism: Realism | None = None) -> dict | None:
     """One draw, the mean of `k` and how well their spread predicts the error, before and after calibrating
     on the first `calibration_images` images (seeds apart from the draws'); None where draws cannot differ."""
     imputer = MIRIImputer.load(run_checkpoint(run_dir), precision=precision)
@@ -225,7 +255,9 @@ def score_draws(run_dir: Path, images: torch.Tensor, masks: torch.Tensor, k: int
     return {"draws": k, "one_draw_mmd": mmd_rbf(draws[0], images),
             "one_draw_psnr": psnr(missing_rmse(draws[0], images, masks)),
             "mean_psnr": psnr(missing_rmse(mean, images, masks)),
-            **calibration(draws, masks, images, level=0.9, scale=scale), "seconds": time.perf_counter() - start}
+            **calibration(draws, masks, images, level=0.9, scale=scale),
+            **realism_of(realism, draws[0], "one_draw_"), **realism_of(realism, mean, "mean_"),
+            "seconds": time.perf_counter() - start}
 
 
 def draws_lines(per_seed: list[dict]) -> list[str]:
@@ -237,21 +269,31 @@ def draws_lines(per_seed: list[dict]) -> list[str]:
              "inside the 90 % prediction interval, inside it calibrated without ground truth, and inside the "
              "draws' 5 % to 95 % quantiles, with the intervals' mean widths; and the correlation between "
              "spread and the mean's error):", "",
-             "| seed | one draw: MMD | one draw: PSNR (dB) | mean of draws: PSNR (dB) | coverage (width) | "
-             "calibrated coverage (width; scale) | coverage of the quantiles | spread-error correlation |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| seed | one draw: FID, KID | mean of draws: FID, KID | one draw: MMD | one draw: PSNR (dB) | "
+             "mean of draws: PSNR (dB) | coverage (width) | calibrated coverage (width; scale) | "
+             "coverage of the quantiles | spread-error correlation |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for s in rows:
         d = s["draws"]
         calibrated = (f"{d['calibrated_coverage']:.3f} ({d['calibrated_width']:.3f}; {d['scale']:.2f})"
                       if "scale" in d else "—")
-        lines.append(f"| {s['seed']} | {d['one_draw_mmd']:.3g} | {d['one_draw_psnr']:.2f} | {d['mean_psnr']:.2f} | "
+        realism = [f"{number(d.get(which + 'fid'))}, {number(d.get(which + 'kid'))}" for which in ("one_draw_", "mean_")]
+        lines.append(f"| {s['seed']} | {realism[0]} | {realism[1]} | {d['one_draw_mmd']:.3g} | {d['one_draw_psnr']:.2f} | {d['mean_psnr']:.2f} | "
                      f"{d['coverage']:.3f} ({d['width']:.3f}) | {calibrated} | {d['quantile_coverage']:.3f} | "
                      f"{d['spread_error_correlation']:.3f} |")
     return lines + [""]
 
 
+def table_value(record: dict, key: str) -> float | None:
+    """A record's `key`; for a round of MIRI, FID and KID on all the images (`fid_all`: its last round only),
+    the images the baselines are scored on; None (shown as —) where not measured."""
+    if key in ("fid", "kid") and "round" in record:
+        return record.get(f"{key}_all")
+    return record.get(key)
+
+
 def method_row(name: str, records: list[dict], time_key: str) -> str:
-    cells = [summary([r[k] for r in records]) for k in (*TABLE_KEYS, time_key)]
+    cells = [summary([table_value(r, k) for r in records]) for k in (*TABLE_KEYS, time_key)]
     return f"| {name} | {' | '.join(cells)} |"
 
 
@@ -284,7 +326,7 @@ def targets_lines(per_seed: list[dict]) -> list[str]:
                 lines.append(f"| {s['seed']} | {which} ({verdict['round']}) | {CHECK_NAMES[key]} | "
                              f"{number(c['limit'])} | {number(c['value'])} | {number(c['margin'], signed=True)} | "
                              f"{verdict_word(c['pass'])} |")
-            lines.append(f"| {s['seed']} | {which} ({verdict['round']}) | all four | | | | "
+            lines.append(f"| {s['seed']} | {which} ({verdict['round']}) | all | | | | "
                          f"**{verdict_word(verdict['pass'])}** |")
     return lines + [""]
 
@@ -293,8 +335,8 @@ def write_table(results: dict, path: Path, reference_mmd: float) -> None:
     lines = [f"MMD between two random halves of the true images: {reference_mmd:.3g}", ""]
     for mask_name, per_seed in results.items():
         lines += [f"### {mask_name} ({len(per_seed)} seed(s))", "",
-                  "| method | MMD | PSNR over missing (dB) | SSIM | mask information (bits) | wall time (s) |",
-                  "|---|---|---|---|---|---|"]
+                  "| method | FID | KID | MMD | PSNR over missing (dB) | SSIM | mask information (bits) | wall time (s) |",
+                  "|---|---|---|---|---|---|---|---|"]
         for method in per_seed[0]["baselines"]:
             lines.append(method_row(method, [s["baselines"][method] for s in per_seed], "seconds"))
         if "miri" in per_seed[0]:
@@ -353,21 +395,25 @@ def parse_args() -> argparse.Namespace:
                    help="the draws' autocast precision (bf16 is what CPU training uses where the CPU has it)")
     p.add_argument("--calibration-images", type=int, default=250,
                    help="images the draws' interval is calibrated on (the collection's first; 0 skips it)")
+    p.add_argument("--fid-images", type=int, default=250,
+                   help="MIRI's per-round FID/KID subset (rounds.fid_images; the baselines and MIRI's last round "
+                        "are scored on all the images; 0 skips FID/KID, which need the `fid` extra)")
     p.add_argument("overrides", nargs="*", help="train.py overrides for MIRI, after --")
     return p.parse_args()
 
 
-def run_seed(args, images: torch.Tensor, mask_name: str, seed: int, methods: list[str]) -> dict:
+def run_seed(args, images: torch.Tensor, mask_name: str, seed: int, methods: list[str],
+             realism: Realism | None) -> dict:
     cls, kwargs = MASKS[mask_name]
     masks = cls(**kwargs, seed=seed)(images)
-    entry = {"seed": seed, "baselines": score_baselines(images, masks, seed, methods, args)}
+    entry = {"seed": seed, "baselines": score_baselines(images, masks, seed, methods, args, realism)}
     if not args.baselines_only:
         run_dir = args.out / "runs" / f"{mask_name}_seed{seed}"
         entry["miri"] = run_miri(args, mask_name, seed, run_dir)
         entry["targets"] = miri_targets(entry["miri"], entry["baselines"])
         if args.draws >= 2:
             entry["draws"] = score_draws(run_dir, images, masks, args.draws, args.draws_precision,
-                                         args.calibration_images)
+                                         args.calibration_images, realism)
         grids = sorted((run_dir / GRIDS_DIR).glob("*.png"))
         shutil.copy(grids[-1], args.out / f"grid_{mask_name}.png")
     return entry
@@ -382,12 +428,16 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     images = NpzImages(args.npz, num_images=args.num_images).load().images
     reference_mmd = truth_halves_mmd(images)
+    features = load_inception() if args.fid_images else None
+    if args.fid_images and features is None:
+        print(INSTALL_HINT, flush=True)
+    realism = Realism(features, images) if features is not None else None  # the truth's features, once
     methods = [m for m in BASELINES if not (args.skip_knn and m == KNN)]
     results = {}
     for mask_name in args.masks:
         results[mask_name] = []
         for seed in args.seeds:
-            entry = run_seed(args, images, mask_name, seed, methods)
+            entry = run_seed(args, images, mask_name, seed, methods, realism)
             results[mask_name].append(entry)
             print(json.dumps({"mask": mask_name, **entry})[:400], flush=True)
     with atomic_path(args.out / "results.json") as tmp:  # the runs behind it may have taken hours

@@ -11,7 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from miri_lightning.realism import InceptionFeatures
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -30,6 +33,8 @@ TINY = [
     "--model.optimizer.warmup_steps", "1",
     "--model.solver.steps", "2",
     "--rounds.mi_steps", "10",
+    # InceptionV3 costs seconds an image here: the FID tests swap in a tiny stand-in (test_realism.py).
+    "--rounds.fid_images", "0",
     "--rounds.grid_images", "4",
     "--logging.backend", "csv",
     # float32 whatever the machine: left unset, the precision would follow its bf16 support.
@@ -76,6 +81,24 @@ def _few_threads():
     # Session scope: it must run before the module-scoped runs too, or they train on other threads than the
     # runs compared with them, and the results differ in the last bits.
     torch.set_num_threads(1)
+
+
+class TinyFeatures(nn.Module):
+    """A random convolutional net standing in for InceptionV3: 3 x 32 x 32 in [-1, 1] to 16 features."""
+
+    def __init__(self):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):  # the same weights every time, the tests' RNG untouched
+            torch.manual_seed(0)
+            self.conv = nn.Sequential(nn.Conv2d(3, 16, 5, stride=2), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).mean((2, 3))
+
+
+def stand_in() -> InceptionFeatures:
+    net = torch.jit.script(TinyFeatures().eval())  # TorchScript, as the real network ships
+    return InceptionFeatures(net, num_features=16, size=32, batch_size=7)
 
 
 def run_cli(run_dir: Path, *overrides: str) -> Path:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import run_script, stand_in
 from miri_lightning.baselines import noise_fill
 from miri_lightning.data.sources import NpzImages
 from miri_lightning.metrics import mask_information
@@ -73,7 +73,7 @@ def test_baselines_only_scores_every_fill_with_its_mask_information(tmp_path, be
     npz = write_images(tmp_path / "d.npz")
     out = tmp_path / "out"
     run_script(SCRIPT, "--npz", npz, "--num-images", 40, "--masks", "mcar60", "mcar60c", "--seeds", 1, 2,
-               "--baselines-only", "--mi-steps", 50, "--mi-seeds", 2, "--out", out)
+               "--baselines-only", "--mi-steps", 50, "--mi-seeds", 2, "--fid-images", 0, "--out", out)
     result = json.loads((out / "results.json").read_text())
     assert result["truth_halves_mmd"] > 0 and (result["mi_steps"], result["mi_seeds"]) == (50, 2)
     assert list(result["masks"]) == ["mcar60", "mcar60c"]
@@ -110,23 +110,40 @@ def run_main(bench, monkeypatch, *args) -> None:
 def test_skip_knn_and_no_mask_information(tmp_path, bench, monkeypatch):
     out = tmp_path / "out"
     run_main(bench, monkeypatch, "--npz", write_images(tmp_path / "d.npz"), "--num-images", 40, "--masks", "mcar60c",
-             "--seeds", 1, "--baselines-only", "--skip-knn", "--mi-steps", 0, "--out", out)
+             "--seeds", 1, "--baselines-only", "--skip-knn", "--mi-steps", 0, "--fid-images", 0, "--out", out)
     scores = json.loads((out / "results.json").read_text())["masks"]["mcar60c"][0]["baselines"]
     assert list(scores) == [m for m in bench.BASELINES if m != bench.KNN]
     assert all(v["mutual_information"] is None for v in scores.values())  # not measured, not 0 bits
     assert bench.KNN not in (out / "table.md").read_text()
 
 
-BASELINES = {"Gaussian interpolation (sigma 0.4)": {"mmd": 1e-3, "psnr": 20.0, "mutual_information": 0.30},
-             "Gaussian interpolation (sigma 1)": {"mmd": 2e-3, "psnr": 22.0, "mutual_information": 0.20}}
+def test_fid_and_kid_of_every_fill_on_all_images_in_the_results_and_the_table(tmp_path, bench, monkeypatch):
+    monkeypatch.setattr(bench, "load_inception", lambda: stand_in())
+    out = tmp_path / "out"
+    run_main(bench, monkeypatch, "--npz", write_images(tmp_path / "d.npz", size=16), "--num-images", 40,
+             "--masks", "mcar60", "--seeds", 1, "--baselines-only", "--skip-knn", "--mi-steps", 0, "--out", out)
+    scores = json.loads((out / "results.json").read_text())["masks"]["mcar60"][0]["baselines"]
+    assert all(v["fid"] > 0 and v["kid_std"] >= 0 for v in scores.values())
+    assert scores["noise fill"]["kid"] > scores[bench.SIGMA_1]["kid"]  # uniform noise looks least like the images
+    table = (out / "table.md").read_text()
+    assert "| method | FID | KID | MMD |" in table
+    assert f"| noise fill | {scores['noise fill']['fid']:.3g} | {scores['noise fill']['kid']:.3g} |" in table
+
+
+BASELINES = {"Gaussian interpolation (sigma 0.4)": {"mmd": 1e-3, "psnr": 20.0, "mutual_information": 0.30,
+                                                     "fid": 110.0, "kid": 0.04},
+             "Gaussian interpolation (sigma 1)": {"mmd": 2e-3, "psnr": 22.0, "mutual_information": 0.20,
+                                                   "fid": 100.0, "kid": 0.03}}
 
 
 def passing_rounds() -> list[dict]:
-    """Round 0 is the fill; the last round meets all four targets: MI 0.1 <= 0.15, no round after 2 above 0.3,
-    MMD 5e-4 <= 1e-3, PSNR 20 >= 22 - 3."""
+    """Round 0 is the fill; the last round meets all six targets: MI 0.1 <= 0.15, no round after 2 above 0.3,
+    MMD 5e-4 <= 1e-3, PSNR 20 >= 22 - 3, FID 90 < 100 and KID 0.02 <= 0.7 x 0.03 on all images."""
     infos = [0.30, 0.25, 0.12, 0.11, 0.10]
-    return [{"round": t, "mutual_information": i, "mmd": 5e-4 if t else 2e-3, "psnr": 20.0 if t else 18.0}
-            for t, i in enumerate(infos)]
+    rounds = [{"round": t, "mutual_information": i, "mmd": 5e-4 if t else 2e-3, "psnr": 20.0 if t else 18.0}
+              for t, i in enumerate(infos)]
+    rounds[-1].update(fid_all=90.0, kid_all=0.02)
+    return rounds
 
 
 def test_targets_pass_with_their_margins(bench):
@@ -143,6 +160,10 @@ def test_targets_pass_with_their_margins(bench):
     assert checks["mmd_at_most_sigma04"]["margin"] == pytest.approx(5e-4)
     assert checks["psnr_at_least_sigma1_minus_3db"] == pytest.approx({"value": 20.0, "limit": 19.0, "margin": 1.0,
                                                                       "pass": True})
+    assert checks["fid_below_interpolation"] == pytest.approx({"value": 90.0, "limit": 100.0, "margin": 10.0,
+                                                               "pass": True})
+    assert checks["kid_at_most_07_interpolation"] == pytest.approx({"value": 0.02, "limit": 0.021, "margin": 0.001,
+                                                                    "pass": True})
 
 
 @pytest.mark.parametrize("failing, round_, key, value", [
@@ -150,6 +171,8 @@ def test_targets_pass_with_their_margins(bench):
     ("no_mi_rise_after_round_2", 3, "mutual_information", 0.35),  # above round 0's 0.30, the last round fine
     ("mmd_at_most_sigma04", 4, "mmd", 1.5e-3),
     ("psnr_at_least_sigma1_minus_3db", 4, "psnr", 18.5),
+    ("fid_below_interpolation", 4, "fid_all", 100.5),  # the better interpolation (sigma 1) reads 100
+    ("kid_at_most_07_interpolation", 4, "kid_all", 0.025),  # below sigma 1's 0.03 but above 0.7 x 0.03
 ])
 def test_each_target_fails_alone(bench, failing, round_, key, value):
     rounds = passing_rounds()
@@ -176,6 +199,7 @@ def test_best_round_is_judged_beside_the_last(bench):
     assert verdict["last"]["round"] == 4 and verdict["last"]["pass"] is False
     assert verdict["best"]["round"] == 3 and verdict["best"]["pass"] is True
     assert verdict["best"]["checks"]["mi_at_most_half_sigma04"]["value"] == 0.11
+    assert "fid_below_interpolation" not in verdict["best"]["checks"]  # FID on all images: the last round only
 
 
 def test_targets_without_mask_information_or_late_rounds_are_not_judged(bench):
@@ -190,6 +214,10 @@ def test_targets_without_mask_information_or_late_rounds_are_not_judged(bench):
     assert last["pass"] is None  # nothing failed, but not everything could be judged
     short = bench.miri_targets(passing_rounds()[:3], BASELINES)["last"]
     assert short["checks"]["no_mi_rise_after_round_2"]["pass"] is None and short["pass"] is None
+    without_fid = passing_rounds()
+    del without_fid[-1]["fid_all"], without_fid[-1]["kid_all"]
+    last = bench.miri_targets(without_fid, BASELINES)["last"]
+    assert last["checks"]["fid_below_interpolation"]["pass"] is None and last["pass"] is None
 
 
 @pytest.mark.slow
@@ -199,7 +227,7 @@ def test_without_matplotlib_everything_but_the_plot_is_written(tmp_path, bench, 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
     run_main(bench, monkeypatch, "--npz", npz, "--num-images", 40, "--masks", "mcar60c", "--seeds", 1,
              "--mi-steps", 10, "--mi-seeds", 1, "--config", ROOT / "configs" / "quickstart.yaml", "--out", out,
-             "--draws", 3, "--calibration-images", 20, "--", *TINY_MIRI)
+             "--draws", 3, "--calibration-images", 20, "--fid-images", 0, "--", *TINY_MIRI)
     printed = capsys.readouterr().out
     assert printed.splitlines()[0] == bench.MATPLOTLIB_MISSING  # said at the start, before any work
     assert "pip install -e '.[bench]'" in printed
@@ -243,9 +271,9 @@ def test_table_gives_the_targets_of_the_last_and_of_a_different_best_round(tmp_p
     entry = {"seed": 1, "baselines": baselines, "miri": rounds, "targets": bench.miri_targets(rounds, baselines)}
     bench.write_table({"mcar60c": [entry]}, tmp_path / "table.md", reference_mmd=0.01)
     table = (tmp_path / "table.md").read_text()
-    assert "| MIRI (4 rounds) | 0.0005 | 20 | 0.5 | 0.14 | 4 |" in table
-    assert "| MIRI best round (round 3) | 0.0005 | 20 | 0.5 | 0.11 | 3 |" in table
+    assert "| MIRI (4 rounds) | 90 | 0.02 | 0.0005 | 20 | 0.5 | 0.14 | 4 |" in table
+    assert "| MIRI best round (round 3) | — | — | 0.0005 | 20 | 0.5 | 0.11 | 3 |" in table  # FID: last round only
     check = bench.CHECK_NAMES["mi_at_most_half_sigma04"]
     assert f"| 1 | last (4) | {check} | 0.15 | 0.14 | +0.01 | pass |" in table
     assert f"| 1 | best (3) | {check} | 0.15 | 0.11 | +0.04 | pass |" in table
-    assert table.count("| all four | | | | **pass** |") == 2
+    assert table.count("| all | | | | **pass** |") == 2

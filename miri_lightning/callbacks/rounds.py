@@ -31,6 +31,7 @@ from ..grids import imputation_grid, log_grid
 from ..inference import MIRIImputer
 from ..io import publish_copy, save_imputations, save_png, write_round_record
 from ..metrics import MI_STEPS, collection_metrics, information_rose
+from ..realism import INSTALL_HINT, Realism, load_inception
 
 ROUNDS_FILE, IMPUTATIONS_FILE, GRIDS_DIR = "rounds.jsonl", "imputations.npz", "grids"
 BEST_IMPUTATIONS_FILE = "imputations_best.npz"  # the round with the least mask information so far
@@ -40,7 +41,7 @@ OnWorse = Literal["warn", "retry", "stop"]
 SPIKE = 1.5
 # The fields of a round's record that measure the machine, not the result (they differ between equal runs).
 TIMING_KEYS = ("train_seconds", "impute_seconds", "train_images_per_second", "impute_images_per_second",
-               "fastest_epoch_seconds", "peak_memory_gb")
+               "fastest_epoch_seconds", "peak_memory_gb", "fid_seconds")
 
 
 def shard(n: int, rank: int, world: int) -> torch.Tensor:
@@ -124,6 +125,10 @@ class MIRIRounds(Callback):
             round 0's fill is random (`data.init_fill: noise`,
             `data.fill_noise` > 0 or `data.fill_keep` < 1); 0 or 1 leaves them out.
         metrics_max_images: metrics use the first this-many images (MMD is quadratic in it).
+        fid_images: FID and KID (`realism`, with the `fid` extra) of every round on the first this-many
+            images, a fixed subset so that rounds compare, and at the run's end on the first
+            `metrics_max_images` (`fid_all`, `kid_all`); 0 skips them. Each image costs an InceptionV3 pass
+            (about 0.15 s on a CPU core), the truth's once a run.
         mi_steps: training steps of the mask-information classifier (0 skips it, and `on_worse` with it).
             Fewer read subtle traces as none (`metrics.mask_information`).
     """
@@ -132,13 +137,14 @@ class MIRIRounds(Callback):
                  val_every_n_steps: int = 50, patience: int = 2, min_improvement: float = 0.01,
                  on_worse: OnWorse = "warn", max_retries: int = 1, mi_seeds: int = 3,
                  reinit_each_round: bool = False, solve_batch_size: int = 256, grid_images: int = 8,
-                 grid_draws: int = 4, metrics_max_images: int = 2000, mi_steps: int = MI_STEPS):
+                 grid_draws: int = 4, metrics_max_images: int = 2000, mi_steps: int = MI_STEPS,
+                 fid_images: int = 250):
         for key, value, least in (("num_rounds", num_rounds, 1), ("steps", steps, 1), ("patience", patience, 1),
                                   ("val_every_n_steps", val_every_n_steps, 1), ("max_retries", max_retries, 0),
                                   ("mi_seeds", mi_seeds, 1), ("solve_batch_size", solve_batch_size, 1),
                                   ("grid_images", grid_images, 1), ("grid_draws", grid_draws, 0),
                                   ("metrics_max_images", metrics_max_images, 2),
-                                  ("mi_steps", mi_steps, 0)):
+                                  ("mi_steps", mi_steps, 0), ("fid_images", fid_images, 0)):
             if value < least:
                 raise ConfigError(f"rounds.{key} must be >= {least}, got {value}")
         if min_steps is not None and not 1 <= min_steps <= steps:
@@ -149,6 +155,8 @@ class MIRIRounds(Callback):
         self.reinit_each_round, self.solve_batch_size, self.grid_images = reinit_each_round, solve_batch_size, grid_images
         self.grid_draws = grid_draws
         self.metrics_max_images, self.mi_steps = metrics_max_images, mi_steps
+        self.fid_images = min(fid_images, metrics_max_images)
+        self.realism: Optional[Realism] = None  # built at the first round's scoring (it loads InceptionV3)
         self.train_seconds, self.train_images, self.fastest_epoch = 0.0, 0, math.inf
         self.round_steps, self.val_curve, self.discarded = 0, [], []
         # Kept in checkpoints: the last accepted round's mask information, the best round, this round's retries.
@@ -180,7 +188,7 @@ class MIRIRounds(Callback):
             raise DataError(f"{trainer.ckpt_path} holds the weights of {kept} rounds, but its imputations are those "
                             f"of round {done}: it was not written by miri-lightning at a round's end, or was edited")
         if trainer.datamodule.round == 0 and trainer.current_epoch == 0:
-            self._report(trainer, pl_module, self._score(trainer, trainer.datamodule.imputations),
+            self._report(trainer, pl_module, self._score(trainer, trainer.datamodule.imputations, last=False),
                          {"train_seconds": 0.0, "impute_seconds": 0.0})
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -224,7 +232,8 @@ class MIRIRounds(Callback):
         start = clock(pl_module.device)
         candidate = reimpute(trainer, pl_module, dm, self.solve_batch_size)
         impute_seconds = clock(pl_module.device) - start
-        metrics = self._score(trainer, candidate)
+        last = dm.round + 1 >= self.num_rounds
+        metrics = self._score(trainer, candidate, last=last)
         worse = trainer.strategy.broadcast(metrics is not None and information_rose(self.previous, metrics))
         if worse and self.on_worse == "retry" and self.retries < self.max_retries:
             self.retries += 1
@@ -254,13 +263,36 @@ class MIRIRounds(Callback):
         else:
             pl_module.start_round(dm.round + 1, fresh=self.reinit_each_round)
 
-    def _score(self, trainer: Trainer, imputations: Optional[torch.Tensor]) -> Optional[dict]:
-        """Metrics of a round's imputations (rank 0 only, None elsewhere: no collectives in here)."""
+    def _score(self, trainer: Trainer, imputations: Optional[torch.Tensor], last: bool) -> Optional[dict]:
+        """Metrics of a round's imputations (rank 0 only, None elsewhere: no collectives in here); FID and KID
+        on the fixed subset, and on all the metrics' images as well when the round is the run's `last`."""
         if not trainer.is_global_zero:
             return None
         dm = trainer.datamodule
         k = self.metrics_max_images
-        return collection_metrics(imputations, dm.masks, dm.true_images(k), k, self.mi_steps, self.mi_seeds)
+        truth = dm.true_images(k)
+        metrics = collection_metrics(imputations, dm.masks, truth, k, self.mi_steps, self.mi_seeds)
+        if truth is None or self.fid_images < 2 or not self._realism_ready(trainer, truth):
+            return metrics
+        start = time.perf_counter()
+        counts = (self.fid_images, len(truth)) if last else (self.fid_images,)
+        scores = self.realism(imputations, counts)
+        metrics.update(fid=scores[0]["fid"], kid=scores[0]["kid"], fid_images=self.fid_images)
+        if last:
+            metrics.update(fid_all=scores[1]["fid"], kid_all=scores[1]["kid"], fid_all_images=len(truth))
+        metrics["fid_seconds"] = time.perf_counter() - start
+        return metrics
+
+    def _realism_ready(self, trainer: Trainer, truth: torch.Tensor) -> bool:
+        """Whether FID/KID can be scored: InceptionV3 loaded on the first call, or INSTALL_HINT logged once."""
+        if self.realism is None:
+            features = load_inception(trainer.strategy.root_device)
+            if features is None:
+                rank_zero_info(f"MIRI: {INSTALL_HINT}")
+                self.fid_images = 0
+                return False
+            self.realism = Realism(features, truth)
+        return True
 
     def _report(self, trainer: Trainer, pl_module: LightningModule, metrics: Optional[dict], extra: dict) -> None:
         """Best round, grid, files and logs of the round just ended (rank 0 only: no collectives in here)."""
