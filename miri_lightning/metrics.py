@@ -44,6 +44,30 @@ def systematic_error(imputed: torch.Tensor, truth: torch.Tensor, masks: torch.Te
     return float(shared[missing.any(0)].square().mean().sqrt()) if missing.any() else 0.0
 
 
+LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+
+
+def laplacian_rms(images: torch.Tensor, masks: torch.Tensor) -> float:
+    """RMS of the 3x3 Laplacian (replicate-padded, each channel) over the missing entries: high-frequency energy."""
+    c = images.shape[1]
+    kernel = LAPLACIAN.to(torch.float64).expand(c, 1, 3, 3)
+    padded = F.pad(images.double(), (1, 1, 1, 1), mode="replicate")
+    response = F.conv2d(padded, kernel, groups=c)
+    missing = ~masks.bool().expand_as(images)
+    return float(response[missing].square().mean().sqrt()) if missing.any() else 0.0
+
+
+def speckle(imputed: torch.Tensor, truth: torch.Tensor, masks: torch.Tensor) -> float:
+    """The imputations' high-frequency energy at missing entries over the truth's (`laplacian_rms`).
+
+    1 is the photos' own texture; above 1, noise the truth does not have
+    (speckle, which FID/KID punish and MMD and PSNR barely see); below 1,
+    blur. On the first 1,000 CIFAR-10 images at 60 % MCAR (whole pixels): the
+    sigma-1 interpolation reads 0.38, the sigma-0.4 one 1.21, uniform noise 6.9.
+    """
+    return laplacian_rms(imputed, masks) / max(laplacian_rms(truth, masks), 1e-12)
+
+
 def psnr(rmse: float) -> float:
     """PSNR in dB for data in [0, 1] (infinite for a perfect imputation)."""
     return math.inf if rmse == 0 else -20 * math.log10(rmse)
@@ -130,5 +154,5 @@ def collection_metrics(imputed, masks, truth=None, max_images: int = 2000, mi_st
         truth = truth[:max_images]
         rmse = missing_rmse(imputed, truth, masks)
         out.update(mmd=mmd_rbf(imputed, truth), psnr=psnr(rmse), rmse=rmse, ssim=ssim(imputed, truth),
-                   systematic_error=systematic_error(imputed, truth, masks))
+                   systematic_error=systematic_error(imputed, truth, masks), speckle=speckle(imputed, truth, masks))
     return out

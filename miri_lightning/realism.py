@@ -129,7 +129,19 @@ class Realism:
         n = max(counts)
         if n > min(len(imputed), len(self.truth)):
             raise ValueError(f"FID/KID of {n} images, but {len(imputed)} are imputed and {len(self.truth)} known")
+        fake = self.features(imputed[:n])
+        return [fid_kid(self._real(count), fake[:count]) for count in counts]
+
+    def halves(self, seed: int = 0) -> dict:
+        """`fid_kid` between two random halves of the truth: the floor for two samples of one distribution
+        at half the images (FID's bias at that n; KID's spread about 0)."""
+        real = self._real(len(self.truth))
+        order = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))
+        half = len(real) // 2
+        return fid_kid(real[order[:half]], real[order[half:2 * half]], seed=seed)
+
+    def _real(self, n: int) -> torch.Tensor:
+        """The truth's features of its first `n` images, computed once."""
         if len(self.real) < n:
             self.real = torch.cat([self.real, self.features(self.truth[len(self.real):n])])
-        fake = self.features(imputed[:n])
-        return [fid_kid(self.real[:count], fake[:count]) for count in counts]
+        return self.real[:n]

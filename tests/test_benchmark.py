@@ -127,6 +127,9 @@ def test_fid_and_kid_of_every_fill_on_all_images_in_the_results_and_the_table(tm
     assert scores["noise fill"]["kid"] > scores[bench.SIGMA_1]["kid"]  # uniform noise looks least like the images
     table = (out / "table.md").read_text()
     assert "| method | FID | KID | MMD |" in table
+    halves = json.loads((out / "results.json").read_text())["truth_halves_realism"]
+    assert halves["fid"] > 0 and abs(halves["kid"]) < scores["noise fill"]["kid"]
+    assert f"at half the images): {halves['fid']:.3g}, {halves['kid']:.3g}" in table
     assert f"| noise fill | {scores['noise fill']['fid']:.3g} | {scores['noise fill']['kid']:.3g} |" in table
 
 

@@ -62,6 +62,8 @@ def test_realism_scores_prefixes_with_the_truth_s_features_computed_once():
     assert calls[before:] == [20]  # the imputations' only: the truth's features were kept
     with pytest.raises(ValueError, match="41 images"):
         realism(imputed, (41,))
+    before = len(calls)
+    assert realism.halves() == realism.halves() and len(calls) == before  # seeded halves of the kept features
 
 
 @pytest.mark.slow
