@@ -129,8 +129,8 @@ class Realism:
         n = max(counts)
         if n > min(len(imputed), len(self.truth)):
             raise ValueError(f"FID/KID of {n} images, but {len(imputed)} are imputed and {len(self.truth)} known")
-        fake = self.features(imputed[:n])
-        return [fid_kid(self._real(count), fake[:count]) for count in counts]
+        real, fake = self._real(n), self.features(imputed[:n])
+        return [fid_kid(real[:count], fake[:count]) for count in counts]
 
     def halves(self, seed: int = 0) -> dict:
         """`fid_kid` between two random halves of the truth: the floor for two samples of one distribution
