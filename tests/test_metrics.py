@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from miri_lightning.baselines import interpolation_fill
-from miri_lightning.metrics import (collection_metrics, mask_information, missing_rmse, mmd_rbf, psnr, ssim,
+from miri_lightning.metrics import (collection_metrics, mask_information, missing_rmse, mmd_rbf, psnr, speckle, ssim,
                                     systematic_error)
 
 
@@ -78,4 +78,14 @@ def test_collection_metrics_without_ground_truth_reports_mask_information_only()
     masks = torch.rand_like(x) > 0.5
     assert set(collection_metrics(x, masks, None, mi_steps=5)) == {"mutual_information"}
     assert set(collection_metrics(x, masks, x, mi_steps=5)) == {"mutual_information", "mmd", "psnr", "rmse", "ssim",
-                                                           "systematic_error"}
+                                                           "systematic_error", "speckle"}
+
+
+def test_speckle_reads_one_for_the_truth_above_one_for_noise_and_below_for_blur():
+    x = _images()
+    masks = torch.rand(x.shape, generator=torch.Generator().manual_seed(2)) > 0.6
+    noisy = torch.where(masks, x, (x + 0.2 * torch.randn_like(x)).clamp(0, 1))
+    blurred = torch.where(masks, x, torch.nn.functional.avg_pool2d(x, 3, 1, 1, count_include_pad=False))
+    assert speckle(x, x, masks) == pytest.approx(1.0)
+    assert speckle(noisy, x, masks) > 1.2 and speckle(blurred, x, masks) < 0.95
+    assert speckle(noisy, x, torch.ones_like(masks)) == 0.0  # nothing missing: nothing to measure
