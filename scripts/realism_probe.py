@@ -39,7 +39,7 @@ from miri_lightning.draws import draw_mean
 from miri_lightning.flow import solve_batches
 from miri_lightning.inference import MIRIImputer
 from miri_lightning.io import atomic_path
-from miri_lightning.metrics import missing_rmse, mmd_rbf, psnr, speckle
+from miri_lightning.metrics import mask_information, missing_rmse, mmd_rbf, psnr, speckle
 from miri_lightning.realism import INSTALL_HINT, Realism, load_inception
 
 
@@ -57,8 +57,9 @@ def scores(realism: Realism, imputed: torch.Tensor, truth: torch.Tensor, masks: 
 
 
 def line(name: str, s: dict) -> str:
+    extra = "".join(f" {key} {value:.4f} |" for key, value in s.items() if key.startswith("mi_"))
     return (f"| {name} | {s['fid']:.1f} | {s['kid']:.4f} | {s['speckle']:.3f} | {s['psnr']:.2f} | "
-            f"{s['mmd']:.3g} |")
+            f"{s['mmd']:.3g} |{extra}")
 
 
 def main() -> None:
@@ -74,6 +75,9 @@ def main() -> None:
     p.add_argument("--rk4-steps", type=int, default=8)
     p.add_argument("--draws", type=int, default=4)
     p.add_argument("--skip-rounds", action="store_true", help="leave out the collection's rounds")
+    p.add_argument("--mi", nargs=2, type=int, action="append", metavar=("STEPS", "WIDTH"), default=[],
+                   help="also estimate the collection's mask information by round with a classifier of this many "
+                        "steps and hidden channels (on all --num-images; repeatable)")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
 
@@ -90,14 +94,19 @@ def main() -> None:
         truth = images[:k]
         with np.load(args.run / "imputations.npz") as f:
             masks = torch.from_numpy(f["masks"][:k]).permute(0, 3, 1, 2).bool()
+        with np.load(args.run / "imputations.npz") as f:
+            all_masks = torch.from_numpy(f["masks"]).permute(0, 3, 1, 2).bool()
         realism = Realism(features, truth)
         for t in range(len(imputer.round_weights) + 1):
             path = run_checkpoint(args.run, t)
             if t and not path.exists():
                 continue
-            imputed = (collection_at(args.run, t)[:k] if t else
-                       imputer.fill(truth, masks, seed=0))  # round 0: a fill like the run's (its draw may differ)
+            # round 0: a fill like the run's (its random draw may differ)
+            collection = collection_at(args.run, t) if t else imputer.fill(images[:len(all_masks)], all_masks, seed=0)
+            imputed = collection[:k]
             s = scores(realism, imputed, truth, masks)
+            for steps, width in args.mi:
+                s[f"mi_{steps}_{width}"] = mask_information(collection, all_masks, steps=steps, width=width)
             out["collection"].append({"round": t, **s})
             rows.append(line(f"collection, round {t}" + (" (a fresh fill)" if not t else ""), s))
             print(rows[-1], flush=True)
