@@ -275,9 +275,9 @@ class MIRIRounds(Callback):
         if truth is None or self.fid_images < 2 or not self._realism_ready(trainer, truth):
             return metrics
         start = time.perf_counter()
-        counts = (self.fid_images, len(truth)) if last else (self.fid_images,)
-        scores = self.realism(imputations, counts)
-        metrics.update(fid=scores[0]["fid"], kid=scores[0]["kid"], fid_images=self.fid_images)
+        subset = min(self.fid_images, len(truth))
+        scores = self.realism(imputations, (subset, len(truth)) if last else (subset,))
+        metrics.update(fid=scores[0]["fid"], kid=scores[0]["kid"], fid_images=subset)
         if last:
             metrics.update(fid_all=scores[1]["fid"], kid_all=scores[1]["kid"], fid_all_images=len(truth))
         metrics["fid_seconds"] = time.perf_counter() - start
