@@ -4,6 +4,7 @@ import importlib.util
 import json
 import numpy as np
 import pytest
+import torch
 
 from conftest import ROOT, TINY, read_imputations, read_rounds, run_cli, run_script
 
@@ -166,3 +167,34 @@ def test_bench_calibration_scores_the_interval_before_and_after_calibrating(tmp_
     for key in ("coverage", "calibrated_coverage", "quantile_coverage"):
         assert 0 <= result[key] <= 1
     assert result["width"] > 0 and result["calibrated_width"] > 0
+
+
+@pytest.mark.slow
+def test_realism_probe_scores_rounds_solvers_and_draws_on_the_collection_and_new_images(tmp_path, monkeypatch):
+    from conftest import stand_in
+
+    rng = np.random.default_rng(0)
+    coarse = rng.uniform(0, 255, (60, 4, 4, 3))
+    images = np.kron(coarse, np.ones((1, 4, 4, 1))).astype(np.uint8)  # 60 blocky 16x16 images
+    np.savez(tmp_path / "d.npz", images=images)
+    source = json.dumps({"class_path": "miri_lightning.data.sources.NpzImages",
+                         "init_args": {"path": str(tmp_path / "d.npz"), "num_images": 40}})
+    run = run_cli(tmp_path / "run", "--data.source", source, "--rounds.num_rounds", "2", "--rounds.steps", "3")
+    spec = importlib.util.spec_from_file_location("realism_probe", ROOT / "scripts" / "realism_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    monkeypatch.setattr(probe, "load_inception", lambda: stand_in())
+    out = tmp_path / "probe.json"
+    monkeypatch.setattr("sys.argv", ["realism_probe.py", str(run), "--npz", str(tmp_path / "d.npz"), "--num-images",
+                                     "40", "--fid-images", "20", "--new-images", "20", "--draws", "2", "--rk4-steps",
+                                     "2", "--mi", "5", "8", "--out", str(out)])
+    probe.main()
+    result = json.loads(out.read_text())
+    assert [r["round"] for r in result["collection"]] == [0, 1, 2]
+    assert all(r["fid"] >= 0 and r["speckle"] > 0 and "mi_5_8" in r for r in result["collection"])
+    imputed, _ = read_imputations(run)
+    assert torch.equal(probe.collection_at(run, 2), imputed)  # round 2's checkpoint: the run's last imputations
+    new = result["new"]
+    assert {"round 0 (the fill)", "chain, rk4 2 steps a round", "Gaussian interpolation (sigma 1)"} <= set(new)
+    assert any(name.startswith("chain to round 2") for name in new)
+    assert len(result["table"]) == 2 + 3 + len(new)
