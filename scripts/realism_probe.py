@@ -14,7 +14,9 @@ For a finished `train.py` run on the first `--num-images` images of `--npz`:
   after each round (v_1 ... v_t), with the trained solver, with `--rk4-steps`
   RK4 steps a round (the solve's discretisation error removed), and as the mean
   of `--draws` draws (what varies from draw to draw averaged away);
-- the Gaussian interpolations (sigma 1 and 0.4) on the same new images and masks.
+- the Gaussian interpolations (sigma 1 and 0.4) on the same new images and masks;
+- with `--grid PNG`, the first `--grid-images` new images at 4x (nearest):
+  rows masked input, sigma-1 interpolation, round 0's fill, the chain, truth.
 
 If more solver steps change nothing, the speckle is the velocity field's,
 not the solve's; if the mean of draws loses it, it varies between draws.
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torchvision.utils import make_grid
 
 from miri_lightning.baselines import interpolation_fill
 from miri_lightning.checkpoints import DATA_STATE_MARK, read_checkpoint, run_checkpoint
@@ -37,6 +40,8 @@ from miri_lightning.data.masks import MCAR
 from miri_lightning.data.sources import NpzImages
 from miri_lightning.draws import draw_mean
 from miri_lightning.flow import solve_batches
+from miri_lightning.grids import show_missing, to_rgb
+from miri_lightning.io import save_png
 from miri_lightning.inference import MIRIImputer
 from miri_lightning.io import atomic_path
 from miri_lightning.metrics import mask_information, missing_rmse, mmd_rbf, psnr, speckle
@@ -78,6 +83,8 @@ def main() -> None:
     p.add_argument("--mi", nargs=2, type=int, action="append", metavar=("STEPS", "WIDTH"), default=[],
                    help="also estimate the collection's mask information by round with a classifier of this many "
                         "steps and hidden channels (on all --num-images; repeatable)")
+    p.add_argument("--grid", type=Path, help="a PNG of the first --grid-images new images at 4x")
+    p.add_argument("--grid-images", type=int, default=8)
     p.add_argument("--out", type=Path)
     args = p.parse_args()
 
@@ -122,12 +129,18 @@ def main() -> None:
 
     record("Gaussian interpolation (sigma 1)", interpolation_fill(new, masks, sigma=1.0))
     record("Gaussian interpolation (sigma 0.4)", interpolation_fill(new, masks, sigma=0.4))
-    z = imputer.initial_fill(new, masks.bool(), seed=0)
+    z = fill = imputer.initial_fill(new, masks.bool(), seed=0)
     record("round 0 (the fill)", z)
     for t, weights in enumerate(imputer.round_weights, start=1):  # the chain, scored after each round
         imputer.net.load_state_dict(weights)
         z, _ = solve_batches(imputer.net, z, masks.bool().expand_as(new), imputer.solver, 256, imputer.device)
         record(f"chain to round {t} ({imputer.solver.method}, {imputer.solver.steps} steps)", z)
+    if args.grid:
+        k = args.grid_images
+        panels = [show_missing(new[:k], masks[:k]), interpolation_fill(new[:k], masks[:k], sigma=1.0), fill[:k], z[:k],
+                  new[:k]]
+        grid = make_grid(torch.cat([to_rgb(panel) for panel in panels]), nrow=k, padding=1, pad_value=1.0)
+        save_png(args.grid, grid.repeat_interleave(4, 1).repeat_interleave(4, 2))
     record(f"chain, rk4 {args.rk4_steps} steps a round", imputer.impute(new, masks, method="rk4", steps=args.rk4_steps))
     if imputer.stochastic and args.draws > 1:
         draws = imputer.impute(new, masks, num_samples=args.draws)

@@ -187,7 +187,8 @@ def test_realism_probe_scores_rounds_solvers_and_draws_on_the_collection_and_new
     out = tmp_path / "probe.json"
     monkeypatch.setattr("sys.argv", ["realism_probe.py", str(run), "--npz", str(tmp_path / "d.npz"), "--num-images",
                                      "40", "--fid-images", "20", "--new-images", "20", "--draws", "2", "--rk4-steps",
-                                     "2", "--mi", "5", "8", "--out", str(out)])
+                                     "2", "--mi", "5", "8", "--grid", str(tmp_path / "g.png"), "--grid-images", "3",
+                                     "--out", str(out)])
     probe.main()
     result = json.loads(out.read_text())
     assert [r["round"] for r in result["collection"]] == [0, 1, 2]
@@ -198,3 +199,6 @@ def test_realism_probe_scores_rounds_solvers_and_draws_on_the_collection_and_new
     assert {"round 0 (the fill)", "chain, rk4 2 steps a round", "Gaussian interpolation (sigma 1)"} <= set(new)
     assert any(name.startswith("chain to round 2") for name in new)
     assert len(result["table"]) == 2 + 3 + len(new)
+    from PIL import Image
+
+    assert Image.open(tmp_path / "g.png").size == (4 * (3 * 17 + 1), 4 * (5 * 17 + 1))  # 3 images, 5 rows, at 4x
