@@ -78,8 +78,11 @@ def load_inception(device: torch.device | str = "cpu") -> Optional[InceptionFeat
     path = inception_path()
     if path is None:
         return None
-    net = torch.jit.load(str(path), map_location=device).eval()
-    return InceptionFeatures(torch.jit.optimize_for_inference(torch.jit.freeze(net)), device=device)
+    with warnings.catch_warnings():  # torch 2.9+ calls TorchScript deprecated; the shipped network is TorchScript
+        warnings.simplefilter("ignore", FutureWarning)
+        net = torch.jit.load(str(path), map_location=device).eval()
+        net = torch.jit.optimize_for_inference(torch.jit.freeze(net))
+    return InceptionFeatures(net, device=device)
 
 
 class _Given(nn.Module):
