@@ -73,7 +73,7 @@ def main() -> None:
     p.add_argument("--npz", required=True)
     p.add_argument("--num-images", type=int, default=1000, help="the run's collection: the file's first rows")
     p.add_argument("--fid-images", type=int, default=300, help="the collection's images scored each round")
-    p.add_argument("--new-images", type=int, default=300, help="rows after the collection, imputed afresh")
+    p.add_argument("--new-images", type=int, default=300, help="rows after the collection, imputed afresh (0: none)")
     p.add_argument("--per-channel", action="store_true", help="the new masks hide each channel on its own")
     p.add_argument("--missing-rate", type=float, default=0.6)
     p.add_argument("--mask-seed", type=int, default=1000)
@@ -118,6 +118,8 @@ def main() -> None:
             rows.append(line(f"collection, round {t}" + (" (a fresh fill)" if not t else ""), s))
             print(rows[-1], flush=True)
 
+    if not args.new_images:
+        return finish(args, out, rows)
     new = images[args.num_images:]
     masks = MCAR(missing_rate=args.missing_rate, per_channel=args.per_channel, seed=args.mask_seed)(new)
     realism = Realism(features, new)
@@ -146,6 +148,10 @@ def main() -> None:
         draws = imputer.impute(new, masks, num_samples=args.draws)
         record(f"chain, mean of {args.draws} draws", draw_mean(draws, masks))
         record("chain, draw 2", draws[1])
+    finish(args, out, rows)
+
+
+def finish(args, out: dict, rows: list[str]) -> None:
     print("\n".join(rows))
     if args.out:
         with atomic_path(args.out) as tmp:
