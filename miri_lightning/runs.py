@@ -33,10 +33,11 @@ QUIET = ["--logging.backend", "csv", "--trainer.enable_progress_bar", "false",
 
 
 def short_rounds(steps: int, rounds: int) -> list[str]:
-    """Overrides for `rounds` rounds of `steps` optimiser steps without the mask-information probe and held-out
-    loss; they must come after any others, to win."""
+    """Overrides for `rounds` rounds of `steps` optimiser steps without the mask-information probe, FID/KID and
+    the held-out loss; they must come after any others, to win."""
     return ["--rounds.num_rounds", str(rounds), "--rounds.steps", str(steps), "--rounds.min_steps", "null",
-            "--rounds.mi_steps", "0", "--rounds.on_worse", "warn", "--data.val_fraction", "0"]
+            "--rounds.mi_steps", "0", "--rounds.fid_images", "0", "--rounds.on_worse", "warn",
+            "--data.val_fraction", "0"]
 
 
 def train(config: Path, overrides: list[str], timeout: Optional[float] = None, profile: Optional[Path] = None,

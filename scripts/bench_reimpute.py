@@ -24,7 +24,7 @@ def impute_seconds(processes: int, images: int, size: int, steps: int, extra: li
     """The seconds of one round's re-imputation of the collection on `processes` CPU processes."""
     overrides = [
         "--data.source.init_args.num_images", str(images), "--data.source.init_args.image_size", str(size),
-        "--model.solver.steps", str(steps), "--rounds.num_rounds", "1", "--rounds.steps", "2", "--rounds.mi_steps", "0",
+        "--model.solver.steps", str(steps), "--rounds.num_rounds", "1", "--rounds.steps", "2", "--rounds.mi_steps", "0", "--rounds.fid_images", "0",
         "--trainer.accelerator", "cpu", "--trainer.devices", str(processes), *extra,
     ]
     if processes > 1:

@@ -272,7 +272,7 @@ def recipe(args, data: Path, processes: int) -> list[str]:
             "--data.batch_size", str(args.batch_size), *TINY_NET,
             # The mask-information classifier would train for longer than the round: off.
             "--rounds.num_rounds", "1", "--rounds.steps", str(args.steps), "--rounds.mi_steps", "0",
-            "--rounds.mi_seeds", "1", "--rounds.metrics_max_images", str(METRICS_IMAGES),
+            "--rounds.fid_images", "0", "--rounds.mi_seeds", "1", "--rounds.metrics_max_images", str(METRICS_IMAGES),
             "--rounds.grid_images", "4", "--trainer.accelerator", "cpu", "--trainer.devices", str(processes),
             *ddp, *args.extra]
 
