@@ -10,8 +10,8 @@ downloaded. It is an optional extra (`pip install -e '.[fid]'`); without it
 
 Images are fed as float32, resized bilinearly to 299x299
 (`align_corners=False`) and mapped to [-1, 1], grey ones repeated to three
-channels. FID is biased upwards at small n (two sets of 1,000 real CIFAR-10
-images read about 36, not 0): compare FIDs at the same n only, and prefer KID
+channels. FID is biased upwards at small n (two random halves of 1,000 real
+CIFAR-10 images read about 75, not 0): compare FIDs at the same n only, and prefer KID
 (unbiased, 0 for two samples of one distribution) at 1,000 images or fewer
 (docs/reference.md, "Realism: FID and KID").
 """

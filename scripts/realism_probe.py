@@ -100,9 +100,8 @@ def main() -> None:
         k = args.fid_images
         truth = images[:k]
         with np.load(args.run / "imputations.npz") as f:
-            masks = torch.from_numpy(f["masks"][:k]).permute(0, 3, 1, 2).bool()
-        with np.load(args.run / "imputations.npz") as f:
             all_masks = torch.from_numpy(f["masks"]).permute(0, 3, 1, 2).bool()
+        masks = all_masks[:k]
         realism = Realism(features, truth)
         for t in range(len(imputer.round_weights) + 1):
             path = run_checkpoint(args.run, t)
