@@ -153,6 +153,8 @@ class MIRICLI(LightningCLI):
         if config["trainer"].get("precision") is None and not has_precision_plugin(config["trainer"].get("plugins")):
             kwargs["precision"] = default_precision(config["trainer"].get("accelerator", "auto"),
                                                     config["trainer"].get("strategy", "auto"))
+        # Before the logger opens a W&B run (or anything is written) for a run whose data cannot be read.
+        self.datamodule.source.check()
         if config["trainer"].get("logger") is None:
             kwargs["logger"] = make_logger(config["logging"], config["trainer"]["default_root_dir"])
         trainer = super().instantiate_trainer(**kwargs)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +24,16 @@ from miri_lightning.data import storage
 from miri_lightning.data.images import read_image
 from miri_lightning.errors import ConfigError, DataError, OutputError
 
+from dataset_files import (
+    CELEBA_COLORS,
+    exists_only,
+    write_celeba_jpegs,
+    write_celeba_torchvision,
+    write_cifar,
+    write_mnist,
+)
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def _exists_only(fpath, md5=None):
-    return os.path.isfile(fpath)
 
 
 # ---------------------------------------------------------------------------------------------------- Shapes
@@ -456,33 +459,12 @@ def test_a_cache_without_its_description_is_not_trusted(tmp_path):
 # ---------------------------------------------------------------------------------------------------- CIFAR10
 
 
-def _write_cifar(root: Path, batch_size: int = 3) -> dict[str, np.ndarray]:
-    """Write cifar-10-batches-py/ with `batch_size` random images per batch; returns each batch's rows."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    rows = {}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        # Rows hold the 1024 red, then green, then blue values, each plane row-major (CHW order).
-        rows[name] = rng.integers(0, 256, (batch_size, 3072), dtype=np.uint8)
-        # The real files are Python 2 pickles whose byte-string keys torchvision reads back (encoding="latin1")
-        # as str keys, so str keys here give the same dict that torchvision sees.
-        labels = [0] * batch_size
-        batch = {"batch_label": name, "data": rows[name], "labels": labels, "filenames": ["a.png"] * batch_size}
-        with open(folder / name, "wb") as f:
-            pickle.dump(batch, f, protocol=2)
-    meta = {"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]}
-    with open(folder / "batches.meta", "wb") as f:
-        pickle.dump(meta, f, protocol=2)
-    return rows
-
-
 @pytest.fixture
 def cifar_root(tmp_path, monkeypatch):
     # torchvision checks the md5 of every batch file against the official ones, which made-up files cannot match;
     # only that check is replaced (by an existence check), torchvision still parses the pickles.
-    monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", _exists_only)
-    return tmp_path, _write_cifar(tmp_path)
+    monkeypatch.setattr("torchvision.datasets.cifar.check_integrity", exists_only)
+    return tmp_path, write_cifar(tmp_path)
 
 
 def test_cifar10_layout(cifar_root):
@@ -512,30 +494,11 @@ def test_cifar10_missing(tmp_path):
 # ---------------------------------------------------------------------------------------------------- MNIST
 
 
-def _write_idx(path: Path, magic: int, array: np.ndarray) -> None:
-    # IDX: big-endian int32 magic (0x08 = unsigned byte data, low byte = number of dims), then the dims, then the bytes.
-    path.write_bytes(struct.pack(f">{1 + array.ndim}i", magic, *array.shape) + array.astype(np.uint8).tobytes())
-
-
-def _write_mnist(root: Path) -> dict[str, np.ndarray]:
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    rng = np.random.default_rng(1)
-    images = {}
-    for prefix, n in (("train", 4), ("t10k", 3)):
-        images[prefix] = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-        images[prefix][0] = 0
-        images[prefix][0, 8:20, 8:20] = 255
-        _write_idx(raw / f"{prefix}-images-idx3-ubyte", 2051, images[prefix])
-        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", 2049, np.arange(n) % 10)
-    return images
-
-
 def test_mnist_resized_to_32(tmp_path):
     from torchvision.transforms.v2 import InterpolationMode
     from torchvision.transforms.v2.functional import resize
 
-    raw = _write_mnist(tmp_path)["train"]
+    raw = write_mnist(tmp_path)["train"]
     data = MNIST(root=tmp_path).load()
     assert data.images.shape == (4, 1, 32, 32) and data.images.dtype == torch.float32 and data.masks is None
     assert 0 <= data.images.min() and data.images.max() <= 1
@@ -547,7 +510,7 @@ def test_mnist_resized_to_32(tmp_path):
 
 
 def test_mnist_test_split_and_num_images(tmp_path):
-    raw = _write_mnist(tmp_path)["t10k"]
+    raw = write_mnist(tmp_path)["t10k"]
     data = MNIST(root=tmp_path, train=False, num_images=2).load()
     assert data.images.shape == (2, 1, 32, 32)
     assert data.images[1].mean() == pytest.approx(raw[1].mean() / 255, abs=0.01)
@@ -560,21 +523,6 @@ def test_mnist_missing(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------- CelebA
 
-CELEBA_COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30), (30, 200, 200)]
-
-
-def _write_celeba_jpegs(folder: Path) -> list[str]:
-    """178x218 aligned-face-sized JPEGs: a flat colour in the central 140x140 crop, grey outside it."""
-    folder.mkdir(parents=True)
-    names = []
-    for i, color in enumerate(CELEBA_COLORS, start=1):
-        image = np.full((218, 178, 3), 128, np.uint8)
-        image[39:179, 19:159] = color
-        names.append(f"{i:06d}.jpg")
-        _save(folder / names[-1], image, quality=95)
-    return names
-
-
 def _assert_celeba_colors(images: torch.Tensor, colors) -> None:
     assert images.shape == (len(colors), 3, 64, 64) and images.dtype == torch.float32
     expected = torch.tensor(colors, dtype=torch.float32)[:, :, None, None] / 255
@@ -583,7 +531,7 @@ def _assert_celeba_colors(images: torch.Tensor, colors) -> None:
 
 
 def test_celeba_folder(tmp_path):
-    _write_celeba_jpegs(tmp_path / "faces")
+    write_celeba_jpegs(tmp_path / "faces")
     _assert_celeba_colors(CelebA(folder=tmp_path / "faces").load().images, CELEBA_COLORS)
     data = CelebA(folder=tmp_path / "faces", num_images=2, image_size=32).load()
     assert data.images.shape == (2, 3, 32, 32) and data.masks is None and data.eight_bit
@@ -591,33 +539,11 @@ def test_celeba_folder(tmp_path):
     assert torch.equal(data.images, uncached.images)
 
 
-def _write_celeba_torchvision(root: Path) -> None:
-    """The layout torchvision's CelebA reads: img_align_celeba/ and five annotation files (all parsed)."""
-    base = root / "celeba"
-    names = _write_celeba_jpegs(base / "img_align_celeba")
-    partition = [0, 0, 0, 1, 1]  # train: 1-3, valid: 4-5 (a split of one image breaks torchvision's indexing)
-    (base / "list_eval_partition.txt").write_text("".join(f"{n} {p}\n" for n, p in zip(names, partition)))
-    (base / "identity_CelebA.txt").write_text("".join(f"{n} {i}\n" for i, n in enumerate(names, 1)))
-    # These three have a count line and a header line before the rows.
-    header = f"{len(names)}\n"
-    (base / "list_attr_celeba.txt").write_text(
-        header + "Smiling Young \n" + "".join(f"{n}  1 -1\n" for n in names)
-    )
-    (base / "list_bbox_celeba.txt").write_text(
-        header + "image_id x_1 y_1 width height\n" + "".join(f"{n} 95 71 226 313\n" for n in names)
-    )
-    parts = ("lefteye", "righteye", "nose", "leftmouth", "rightmouth")
-    landmarks = " ".join(f"{part}_{xy}" for part in parts for xy in "xy")
-    (base / "list_landmarks_align_celeba.txt").write_text(
-        header + landmarks + "\n" + "".join(f"{n} 69 109 106 113 77 142 73 152 108 154\n" for n in names)
-    )
-
-
 def test_celeba_torchvision_layout(tmp_path, monkeypatch):
     # torchvision checks the annotation files' md5 against the official ones, which made-up files cannot match;
     # only that check is replaced (by an existence check), torchvision still parses the files and picks the split.
-    monkeypatch.setattr("torchvision.datasets.celeba.check_integrity", _exists_only)
-    _write_celeba_torchvision(tmp_path)
+    monkeypatch.setattr("torchvision.datasets.celeba.check_integrity", exists_only)
+    write_celeba_torchvision(tmp_path)
     _assert_celeba_colors(CelebA(root=tmp_path).load().images, CELEBA_COLORS[:3])
     _assert_celeba_colors(CelebA(root=tmp_path, split="valid").load().images, CELEBA_COLORS[3:])
     _assert_celeba_colors(CelebA(root=tmp_path, split="all", num_images=4).load().images, CELEBA_COLORS[:4])

@@ -81,6 +81,10 @@ class ImageSource(ABC):
     def prepare(self) -> None:
         """Fetch what `load()` needs (called once per machine, before `load()` on every process)."""
 
+    def check(self) -> None:
+        """Raise a DataError now if `load()` is bound to fail (a missing file): called before a run opens its
+        logger or writes anything, so that a typo costs nothing."""
+
     @abstractmethod
     def load(self) -> ImageSet: ...
 

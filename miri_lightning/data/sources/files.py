@@ -40,6 +40,15 @@ class NpzImages(ImageSource):
         self.mask_key = mask_key
         self.num_images = check_num_images(self, num_images)
 
+    def check(self) -> None:
+        if self.path.is_file():
+            return
+        from miri_lightning.data.build import DEFAULT_OUT, build_command
+
+        built = {name: dataset for dataset, name in DEFAULT_OUT.items()}.get(self.path.name)
+        hint = f"; build it with `{build_command(built, self.path)}` (README, Datasets)" if built else ""
+        raise DataError(f"data.source.path {self.path} does not exist{hint}")
+
     def load(self) -> ImageSet:
         arrays = self._read_arrays()
         self._check_shapes(arrays)
