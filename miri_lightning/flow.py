@@ -61,17 +61,25 @@ def training_pair(x0, x1, m, tau):
     return a, b, x1 - x0
 
 
-def missing_mse(pred: torch.Tensor, target: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over missing entries only (observed entries carry no loss)."""
-    missing = 1 - m
-    return (missing * (pred - target).square()).sum() / missing.sum().clamp_min(1)
+def missing_mse(pred: torch.Tensor, target: torch.Tensor, m: torch.Tensor,
+                m1: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean squared error over missing entries only (observed entries carry no loss).
+
+    With the partner's mask `m1`, only over entries missing in the image and
+    observed in the partner: there x1 is data, not the previous round's
+    imputation (`model.loss_entries: partner_observed`).
+    """
+    weight = 1 - m if m1 is None else (1 - m) * m1
+    return (weight * (pred - target).square()).sum() / weight.sum().clamp_min(1)
 
 
 @torch.no_grad()
 def heldout_loss(velocity: Velocity, images: torch.Tensor, masks: torch.Tensor, batch_size: int,
                  device: torch.device, draws: int = 4, seed: int = 0,
-                 context: Callable[[], ContextManager] = contextlib.nullcontext) -> float:
-    """The flow-matching loss of `velocity` on held-out images, over all their missing entries.
+                 context: Callable[[], ContextManager] = contextlib.nullcontext,
+                 partner_observed: bool = False) -> float:
+    """The flow-matching loss of `velocity` on held-out images, over all their missing entries (with
+    `partner_observed`, over those the partner observed, as training takes it).
 
     Partners and tau come from `seed` alone, so two calls differ only through
     the network: a falling value is the velocity improving, not new draws.
@@ -88,8 +96,9 @@ def heldout_loss(velocity: Velocity, images: torch.Tensor, masks: torch.Tensor, 
             a, b, target = training_pair(x0, x1, m, t)
             with context():
                 pred = velocity(a, b, m, t).float()
-            squared += float(((1 - m) * (pred - target).square()).sum())
-            count += float((1 - m).sum())
+            weight = (1 - m) * masks[partner[part]].to(device, x0.dtype) if partner_observed else 1 - m
+            squared += float((weight * (pred - target).square()).sum())
+            count += float(weight.sum())
     return squared / max(count, 1.0)
 
 

@@ -158,6 +158,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     try:
         check_output(args.out, args)
         imputer = MIRIImputer.load(args.checkpoint, device=args.device, precision=args.precision)
+        print(f"loaded {imputer.describe()} from {args.checkpoint}")
         names, images, masks = read_inputs(args, imputer.image_shape[0])
         solve = dict(batch_size=args.batch_size, method=args.method, steps=args.steps, progress=True)
         result = imputer.impute(images, masks, seed=args.seed, num_samples=args.num_samples, **solve)

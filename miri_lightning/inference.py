@@ -4,8 +4,9 @@
     filled = imputer.impute(images, masks, seed=0)          # (N, C, H, W) in [0, 1]
     draws = imputer.impute(images, masks, num_samples=8)    # (8, N, C, H, W): multiple imputation
 
-`load` reads a training checkpoint or a file written by `export` (only what
-inference needs, optionally in half precision), both with `weights_only`
+`load` reads a training checkpoint, a file written by `export` (only what
+inference needs, optionally in half precision) or a one-pass imputer written
+by `miri-distill` (one network in place of the chain), all with `weights_only`
 loading: no pickled code runs.
 """
 
@@ -33,6 +34,9 @@ from .models.unet import UNetConfig, VelocityUNet
 EXPORT_FORMAT = "miri-lightning-imputer"
 EXPORT_VERSION = 1
 PRECISIONS = {"32": torch.float32, "bf16": torch.bfloat16, "16": torch.float16}
+# A chain of per-round fields (train.py, miri-export), or one network distilled from one (miri-distill), stored
+# as a one-round chain solved by one Euler step.
+KINDS = ("chain", "one_pass")
 
 
 def _from_training_checkpoint(data: dict, path: Path) -> dict:
@@ -59,12 +63,18 @@ class MIRIImputer:
         solver: default ODE solver (overridable per call).
         fill: round 0's fill, as the training collection was filled (default: the paper's noise).
         device, precision: where and how to compute (`32`, `bf16` or `16` autocast).
+        kind: `chain` (v_1 ... v_T) or `one_pass` (a `miri-distill` student: its solver is part of it).
+        source: where a one-pass imputer came from, for messages.
     """
 
     def __init__(self, image_shape, net: UNetConfig, round_weights: list[dict], solver: SolverConfig,
-                 fill: Optional[RoundZeroFill] = None, device: str | torch.device = "cpu", precision: str = "32"):
+                 fill: Optional[RoundZeroFill] = None, device: str | torch.device = "cpu", precision: str = "32",
+                 kind: str = "chain", source: str = ""):
         if precision not in PRECISIONS:
             raise DataError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if kind not in KINDS:
+            raise DataError(f"an imputer's kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        self.kind, self.source = kind, source
         self.image_shape = tuple(int(s) for s in image_shape)
         self.net_config, self.solver, self.round_weights = net, solver, round_weights
         self.fill = fill or RoundZeroFill()
@@ -82,7 +92,14 @@ class MIRIImputer:
             raise DataError(f"{path} is export version {data.get('version')}; this miri-lightning reads "
                             f"version {EXPORT_VERSION}")
         return cls(data["image_shape"], UNetConfig(**data["net"]), data["round_weights"],
-                   SolverConfig(**data["solver"]), RoundZeroFill.from_state(data), device, precision)
+                   SolverConfig(**data["solver"]), RoundZeroFill.from_state(data), device, precision,
+                   data.get("kind", "chain"), data.get("source", ""))
+
+    def describe(self) -> str:
+        """What was loaded, in words."""
+        if self.kind == "one_pass":
+            return f"a one-pass imputer ({self.source})" if self.source else "a one-pass imputer"
+        return f"a chain of {len(self.round_weights)} rounds ({self.solver.method}, {self.solver.steps} steps each)"
 
     def export(self, path: str | os.PathLike, half: bool = False) -> None:
         """Write only what inference needs (weights in float16 if `half`), atomically."""
@@ -90,7 +107,7 @@ class MIRIImputer:
         weights = [{k: v.to(dtype) if v.is_floating_point() else v for k, v in w.items()} for w in self.round_weights]
         data = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "image_shape": list(self.image_shape),
                 "net": asdict(self.net_config), "solver": asdict(self.solver), **self.fill.state(),
-                "round_weights": weights}
+                "round_weights": weights, "kind": self.kind, "source": self.source}
         with atomic_path(path) as tmp:
             torch.save(data, tmp)
 
@@ -142,6 +159,9 @@ class MIRIImputer:
             raise DataError(f"this run filled round 0 by {self.fill.kind} without randomness, so every draw would "
                             "be the same image: train with data.fill_keep < 1 or data.fill_noise > 0 (or init_fill "
                             "noise) for several draws")
+        if self.kind == "one_pass" and (method, steps) != (None, None):
+            raise DataError("a one-pass imputer has no solver to change (its one step is what it was trained for): "
+                            "leave method and steps unset")
         masks = self.check(images, masks)
         solver = replace(self.solver, **{k: v for k, v in (("method", method), ("steps", steps)) if v is not None})
         bar = tqdm(total=num_samples * len(self.round_weights) * len(images), disable=not progress, unit="img",

@@ -52,6 +52,9 @@ class MIRI(LightningModule):
         channels_last: keep weights and activations in NHWC layout, which convolutions prefer (docs/performance.md).
         compile: `torch.compile` the network and its EMA copy: `true` (torch's "default" mode) or a mode name.
         seed: seed of the network's initialisation and of the training draws (partners, tau, windows).
+        loss_entries: where the loss is taken: `missing`, every entry missing in the image (the paper's), or
+            `partner_observed`, only those the partner observed, where the target x1 is data rather than the
+            previous round's imputation.
         image_shape: (C, H, W) of the images; taken from the datamodule when left out.
     """
 
@@ -67,6 +70,7 @@ class MIRI(LightningModule):
         compile: Union[bool, CompileMode] = False,
         seed: int = 0,
         image_shape: Optional[tuple[int, int, int]] = None,
+        loss_entries: Literal["missing", "partner_observed"] = "missing",
     ):
         super().__init__()
         self.net_config, self.optimizer_config = _as_config(UNetConfig, net), _as_config(OptimizerConfig, optimizer)
@@ -78,7 +82,7 @@ class MIRI(LightningModule):
             {"net": asdict(self.net_config), "optimizer": asdict(self.optimizer_config),
              "solver": asdict(self.solver), "ema_decay": ema_decay, "max_bad_steps": max_bad_steps,
              "train_crop": train_crop, "channels_last": channels_last, "compile": compile, "seed": seed,
-             "image_shape": image_shape}
+             "image_shape": image_shape, "loss_entries": loss_entries}
         )
         self.guard = StepGuard(max_bad_steps)
         self.velocity: Optional[VelocityUNet] = None
@@ -156,10 +160,12 @@ class MIRI(LightningModule):
         if self.hparams.train_crop:  # one window a batch, the same for images and partners
             x0, m = random_window(x0, m, self.hparams.train_crop, self.windows)
         x0, m = x0.contiguous(memory_format=self.memory_format), m.to(x0.dtype, memory_format=self.memory_format)
-        x1 = x0[derangement(len(x0), generator=self.draws)]  # partners independent of the images
+        partner = derangement(len(x0), generator=self.draws)  # partners independent of the images
+        x1 = x0[partner]
         tau = torch.rand(len(x0), device=x0.device, generator=self.draws)
         a, b, target = training_pair(x0, x1, m, tau)
-        loss = missing_mse(self.velocity(a, b, m, tau), target, m)
+        m1 = m[partner] if self.hparams.loss_entries == "partner_observed" else None
+        loss = missing_mse(self.velocity(a, b, m, tau), target, m, m1)
         self.guard.watch(loss)
         return loss  # back-propagated even when bad: under DDP every rank must join the gradient all-reduce
 
@@ -210,7 +216,8 @@ class MIRI(LightningModule):
         with self._ema_in_eval() as (net, context):
             return heldout_loss(net, images.contiguous(memory_format=self.memory_format),
                                 masks.contiguous(memory_format=self.memory_format), batch_size, self.device,
-                                seed=self.hparams.seed, context=context)
+                                seed=self.hparams.seed, context=context,
+                                partner_observed=self.hparams.get("loss_entries") == "partner_observed")
 
     @contextlib.contextmanager
     def _ema_in_eval(self):

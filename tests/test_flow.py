@@ -46,6 +46,20 @@ def test_loss_ignores_observed_entries():
     assert missing_mse(torch.where(m.bool(), pred, target), target, m) == 0
 
 
+def test_partner_observed_loss_sees_only_entries_where_the_target_is_data():
+    x0, x1, m = _batch()
+    m1 = torch.roll(m, 1, dims=0)  # the partners' masks
+    target = x1 - x0
+    pred = torch.randn_like(x0)
+    # Entries the partner did not observe (its imputations) or the image did observe carry no loss...
+    counted = (1 - m) * m1
+    wild = torch.where(counted.bool(), pred, pred + 100.0)
+    assert missing_mse(pred, target, m, m1) == missing_mse(wild, target, m, m1)
+    # ...and the loss is the mean over the entries that do.
+    expected = (counted * (pred - target).square()).sum() / counted.sum()
+    torch.testing.assert_close(missing_mse(pred, target, m, m1), expected)
+
+
 @pytest.mark.parametrize("solver", SOLVERS, ids=lambda s: s.method)
 def test_constant_field_lands_on_its_target(solver):
     x0, x1, _ = _batch()
