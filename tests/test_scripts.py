@@ -202,3 +202,38 @@ def test_realism_probe_scores_rounds_solvers_and_draws_on_the_collection_and_new
     from PIL import Image
 
     assert Image.open(tmp_path / "g.png").size == (4 * (3 * 17 + 1), 4 * (5 * 17 + 1))  # 3 images, 5 rows, at 4x
+
+
+@pytest.mark.slow
+def test_bench_one_pass_scores_the_chain_the_student_and_the_baselines_on_new_images(tmp_path, monkeypatch):
+    from conftest import stand_in
+    from miri_lightning.distill import DistillConfig, distill
+
+    rng = np.random.default_rng(0)
+    images = np.kron(rng.uniform(0, 255, (60, 4, 4, 3)), np.ones((1, 4, 4, 1))).astype(np.uint8)
+    np.savez(tmp_path / "d.npz", images=images)
+    source = json.dumps({"class_path": "miri_lightning.data.sources.NpzImages",
+                         "init_args": {"path": str(tmp_path / "d.npz"), "num_images": 40}})
+    run = run_cli(tmp_path / "run", "--data.source", source, "--rounds.num_rounds", "2", "--rounds.steps", "3")
+    distill(run, tmp_path / "one_pass.pt", DistillConfig(steps=5, batch_size=8, pairs_per_image=1), progress=False)
+    spec = importlib.util.spec_from_file_location("bench_one_pass", ROOT / "scripts" / "bench_one_pass.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(bench, "load_inception", lambda: stand_in())
+    out = tmp_path / "bench.json"
+    monkeypatch.setattr("sys.argv", ["bench_one_pass.py", str(run), "--one-pass", str(tmp_path / "one_pass.pt"),
+                                     "--npz", str(tmp_path / "d.npz"), "--num-images", "40", "--new-images", "20",
+                                     "--draws", "2", "--batch-size", "8", "--speed-images", "16", "--mi-steps", "5",
+                                     "--out", str(out)])
+    bench.main()
+    result = json.loads(out.read_text())
+    quality = result["quality"]
+    assert {"chain, its own collection (last round)", "chain, new images", "one pass, new images",
+            "one pass, mean of 2 draws", "interpolation sigma 1, new images", "interpolation sigma 0.4, new images",
+            "per-entry mean, new images", "noise, new images"} == set(quality)
+    assert all({"mmd", "psnr", "mask_information", "fid", "kid"} <= set(row) for row in quality.values())
+    # Blocky images: every imputation beats uniform noise at the missing entries.
+    assert quality["one pass, new images"]["psnr"] > quality["noise, new images"]["psnr"]
+    assert set(result["speed"]) == {"chain", "one pass", "chain, 100 Euler steps a round"}
+    assert all(rate > 0 for rate in result["speed"].values())
+    assert "chain of 2 rounds" in result["chain"] and "one-pass" in result["student"]
