@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from miri_lightning.errors import ConfigError
-from miri_lightning.flow import SolverConfig, derangement, missing_mse, solve, solve_batches, training_pair
+from miri_lightning.flow import (SolverConfig, derangement, heldout_loss, missing_mse, solve, solve_batches,
+                                 training_pair)
 
 SOLVERS = [SolverConfig(method=m, steps=5) for m in ("euler", "midpoint", "rk4", "dopri5")]
 
@@ -116,3 +117,15 @@ def test_a_solve_batch_that_runs_out_of_memory_is_retried_in_halves():
     assert torch.equal(out[m.bool()], x0[m.bool()])
     with pytest.raises(ConfigError, match="batch size must be >= 1, got 0"):
         solve_batches(velocity, x0, m, SolverConfig(), batch_size=0, device=torch.device("cpu"))
+
+
+def test_heldout_loss_takes_the_entries_training_takes():
+    # Observed entries hold 0.5, missing ones 3.0: with a zero velocity, an entry the partner observed has target
+    # 0.5 - 3.0, one the partner did not observe has target 0. Only the partner-observed loss sees just the former.
+    _, _, m = _batch(n=8)
+    images = torch.where(m.bool(), 0.5, 3.0)
+    zero = lambda a, b, m, tau: torch.zeros_like(a)  # noqa: E731
+    only_data = heldout_loss(zero, images, m, batch_size=4, device=torch.device("cpu"), partner_observed=True)
+    every_missing = heldout_loss(zero, images, m, batch_size=4, device=torch.device("cpu"))
+    assert only_data == pytest.approx(2.5**2)
+    assert 0.3 * 2.5**2 < every_missing < 0.7 * 2.5**2  # about half the partners observed an entry
