@@ -68,18 +68,18 @@ def main() -> None:
     out = {"run": str(args.run), "one_pass": str(args.one_pass), "chain": chain.describe(),
            "student": student.describe(), "quality": {}, "speed": {}}
 
+    realism = {}  # the truth's Inception features, once for each reference set
+
     def score(name: str, imputed, reference, m) -> None:
         row = {"mmd": mmd_rbf(imputed, reference), "psnr": psnr(missing_rmse(imputed, reference, m)),
                "mask_information": mask_information(imputed, m, steps=args.mi_steps)}
         if features is not None:
-            row.update(Realism(features, reference)(imputed, (len(imputed),))[0])
+            reference_realism = realism.setdefault(id(reference), Realism(features, reference))
+            row.update(reference_realism(imputed, (len(imputed),))[0])
         out["quality"][name] = row
         print(f"| {name} | " + " | ".join(f"{k} {v:.4g}" for k, v in row.items()) + " |", flush=True)
+        save(args.out, out)  # row by row: a long run that is stopped keeps what it measured
 
-    with np.load(args.run / "imputations.npz") as f:
-        collection = torch.from_numpy(f["images"]).permute(0, 3, 1, 2)[:args.num_images]
-        collection_masks = torch.from_numpy(f["masks"]).permute(0, 3, 1, 2).bool()[:args.num_images]
-    score("chain, its own collection (last round)", collection, truth, collection_masks)
     score("chain, new images", chain.impute(new, masks, batch_size=256), new, masks)
     score("one pass, new images", student.impute(new, masks, batch_size=256), new, masks)
     draws = student.impute(new, masks, num_samples=args.draws, batch_size=256)
@@ -88,6 +88,10 @@ def main() -> None:
                        ("interpolation sigma 0.4", interpolation_fill(new, masks, sigma=0.4)),
                        ("per-entry mean", mean_fill(new, masks)), ("noise", noise_fill(new, masks, seed=0))):
         score(f"{name}, new images", fill, new, masks)
+    with np.load(args.run / "imputations.npz") as f:
+        collection = torch.from_numpy(f["images"]).permute(0, 3, 1, 2)[:args.num_images]
+        collection_masks = torch.from_numpy(f["masks"]).permute(0, 3, 1, 2).bool()[:args.num_images]
+    score("chain, its own collection (last round)", collection, truth, collection_masks)
 
     k = min(args.speed_images, len(new))
     few = max(args.batch_size, k // 10)
@@ -99,8 +103,12 @@ def main() -> None:
     for name, rate in out["speed"].items():
         print(f"{name}: {rate:.1f} images/s ({base / rate:.1f}x slower than one pass)" if name != "one pass"
               else f"one pass: {rate:.1f} images/s", flush=True)
-    if args.out:
-        with atomic_path(args.out) as tmp:
+    save(args.out, out)
+
+
+def save(path, out: dict) -> None:
+    if path:
+        with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(out, indent=1))
 
 
