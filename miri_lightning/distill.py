@@ -99,8 +99,8 @@ def find_inputs(run: Path, npz: Optional[Path]) -> tuple[Path, Path]:
     return ckpt, npz
 
 
-def make_pairs(chain: MIRIImputer, npz: Path, cache: Path, cfg: DistillConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 2 * pairs_per_image, C, H, W) float32 fills and chain outputs (mapped), and the (N, C, H, W) masks.
+def make_pairs(chain: MIRIImputer, npz: Path, cache: Path, cfg: DistillConfig) -> tuple[list[np.ndarray], np.ndarray]:
+    """One mapped (N, 2, C, H, W) float32 array of fills and chain outputs a pass, and the (N, C, H, W) masks.
 
     Each pass over the collection is one file, renamed into place when whole: a killed run redoes at most
     the pass it was in.
@@ -135,8 +135,7 @@ def make_pairs(chain: MIRIImputer, npz: Path, cache: Path, cfg: DistillConfig) -
                 out.flush()
                 del out
         passes.append(np.load(path, mmap_mode="r"))
-    masks = np.concatenate([collection.observed(s, min(s + 1024, n)).numpy() for s in range(0, n, 1024)])
-    return passes, masks
+    return passes, collection.masks.numpy()
 
 
 class Student:

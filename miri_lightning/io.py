@@ -99,8 +99,8 @@ def publish_copy(source, path) -> None:
 
 
 def to_8bit(image: torch.Tensor) -> np.ndarray:
-    """A (C, H, W) image in [0, 1] as uint8 (H, W, C), rounded: what a PNG of it holds."""
-    return (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    """A (C, H, W) image (or a batch of them) in [0, 1] as uint8 (H, W, C), rounded: what a PNG of it holds."""
+    return (image.clamp(0, 1) * 255).round().to(torch.uint8).movedim(-3, -1).numpy()
 
 
 def save_png(path, image: torch.Tensor) -> None:

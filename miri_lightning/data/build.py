@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from miri_lightning.data.images import image_files
 from miri_lightning.data.sources import CIFAR10, MNIST, CelebA, ImageSource
 from miri_lightning.errors import ConfigError, DataError, MIRIError
-from miri_lightning.io import atomic_path
+from miri_lightning.io import atomic_path, to_8bit
 
 # What each data set builds by default: the file name the configs read, and the split.
 DEFAULT_OUT = {"cifar10": "cifar10_uint8.npz", "mnist": "mnist32_uint8.npz", "celeba": "celeba64_uint8.npz"}
@@ -59,9 +59,7 @@ def as_uint8(images: torch.Tensor, desc: str) -> np.ndarray:
     out = np.empty((n, h, w, c), np.uint8)
     for start in tqdm(range(0, n, CHUNK), desc=desc, unit="chunk", disable=None, leave=False):
         chunk = images[start:start + CHUNK]
-        if chunk.dtype != torch.uint8:
-            chunk = chunk.clamp(0, 1).mul(255).round().to(torch.uint8)
-        out[start:start + CHUNK] = chunk.permute(0, 2, 3, 1).numpy()
+        out[start:start + CHUNK] = chunk.permute(0, 2, 3, 1).numpy() if chunk.dtype == torch.uint8 else to_8bit(chunk)
     return out[..., 0] if c == 1 else out
 
 
