@@ -15,6 +15,7 @@ from conftest import run_script, stand_in
 from miri_lightning.baselines import noise_fill
 from miri_lightning.data.sources import NpzImages
 from miri_lightning.metrics import mask_information
+from miri_lightning.realism import inception_path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "benchmark.py"
@@ -222,6 +223,26 @@ def test_targets_without_mask_information_or_late_rounds_are_not_judged(bench):
     last = bench.miri_targets(without_fid, BASELINES)["last"]
     assert last["checks"]["fid_below_interpolation"]["pass"] is None and last["pass"] is None
 
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(inception_path() is None, reason="the `fid` extra is not installed (pip install -e '.[fid]')")
+def test_realism_images_scores_fills_and_every_round_on_the_same_first_images(tmp_path, bench, monkeypatch):
+    """--realism-images N: the baselines and every round of MIRI (in its own process, with the shipped
+    InceptionV3) on the first N images, and the targets judge the last round on them: 5,000-image runs afford it."""
+    npz, out = write_images(tmp_path / "d.npz", size=16), tmp_path / "out"
+    run_main(bench, monkeypatch, "--npz", npz, "--num-images", 40, "--masks", "mcar60", "--seeds", 1,
+             "--skip-knn", "--mi-steps", 0, "--draws", 0, "--realism-images", 6, "--out", out,
+             "--config", ROOT / "configs" / "quickstart.yaml", "--", *TINY_MIRI, "--rounds.num_rounds", "2")
+    entry = json.loads((out / "results.json").read_text())["masks"]["mcar60"][0]
+    images = NpzImages(npz, num_images=40).load().images
+    masks = bench.MASKS["mcar60"][0](**bench.MASKS["mcar60"][1], seed=1)(images)
+    fill = bench.BASELINES[bench.SIGMA_1](images, masks, 1)
+    again = bench.Realism(bench.load_inception(), images[:6])(fill, (6,))[0]
+    assert entry["baselines"][bench.SIGMA_1]["kid"] == pytest.approx(again["kid"], rel=1e-4, abs=1e-7)
+    assert [r["fid_images"] for r in entry["miri"]] == [6, 6, 6]
+    assert entry["miri"][-1]["fid_all_images"] == 6 and entry["miri"][-1]["kid_all"] == entry["miri"][-1]["kid"]
+    assert entry["targets"]["last"]["checks"]["kid_at_most_07_interpolation"]["pass"] is not None
 
 @pytest.mark.slow
 def test_without_matplotlib_everything_but_the_plot_is_written(tmp_path, bench, monkeypatch, capsys):

@@ -129,6 +129,8 @@ class MIRIRounds(Callback):
             images, a fixed subset so that rounds compare, and at the run's end on the first
             `metrics_max_images` (`fid_all`, `kid_all`); 0 skips them. Each image costs an InceptionV3 pass
             (about 0.15 s on a CPU core), the truth's once a run.
+        fid_all: whether the last round is also scored on all the metrics' images (at 5,000 images that is
+            some 15 minutes on a 2-core CPU; the per-round subset alone when false).
         mi_steps: training steps of the mask-information classifier (0 skips it, and `on_worse` with it).
             Fewer read subtle traces as none (`metrics.mask_information`).
     """
@@ -138,7 +140,7 @@ class MIRIRounds(Callback):
                  on_worse: OnWorse = "warn", max_retries: int = 1, mi_seeds: int = 3,
                  reinit_each_round: bool = False, solve_batch_size: int = 256, grid_images: int = 8,
                  grid_draws: int = 4, metrics_max_images: int = 2000, mi_steps: int = MI_STEPS,
-                 fid_images: int = 250):
+                 fid_images: int = 250, fid_all: bool = True):
         for key, value, least in (("num_rounds", num_rounds, 1), ("steps", steps, 1), ("patience", patience, 1),
                                   ("val_every_n_steps", val_every_n_steps, 1), ("max_retries", max_retries, 0),
                                   ("mi_seeds", mi_seeds, 1), ("solve_batch_size", solve_batch_size, 1),
@@ -155,7 +157,7 @@ class MIRIRounds(Callback):
         self.reinit_each_round, self.solve_batch_size, self.grid_images = reinit_each_round, solve_batch_size, grid_images
         self.grid_draws = grid_draws
         self.metrics_max_images, self.mi_steps = metrics_max_images, mi_steps
-        self.fid_images = min(fid_images, metrics_max_images)
+        self.fid_images, self.fid_all = min(fid_images, metrics_max_images), fid_all
         self.realism: Optional[Realism] = None  # built at the first round's scoring (it loads InceptionV3)
         self.train_seconds, self.train_images, self.fastest_epoch = 0.0, 0, math.inf
         self.round_steps, self.val_curve, self.discarded = 0, [], []
@@ -276,6 +278,7 @@ class MIRIRounds(Callback):
             return metrics
         start = time.perf_counter()
         subset = min(self.fid_images, len(truth))
+        last = last and self.fid_all
         scores = self.realism(imputations, (subset, len(truth)) if last else (subset,))
         metrics.update(fid=scores[0]["fid"], kid=scores[0]["kid"], fid_images=subset)
         if last:
