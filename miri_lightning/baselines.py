@@ -9,18 +9,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-def seed_stream(seed: int, salt: int) -> torch.Generator:
-    """A CPU generator for `seed`'s own stream `salt`: seeded with `seed` itself, it would replay
-    draws made elsewhere with the same seed (a mask's, for one), so that they would not be independent."""
-    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, salt]).generate_state(1)[0]))
-
-
-NOISE_STREAM = 0x5EED
+from .blocks import observed_mean
+from .seeds import NOISE_STREAM, seed_stream
 
 
 def noise_fill(images: torch.Tensor, masks: torch.Tensor, seed: int = 0,
@@ -29,38 +22,6 @@ def noise_fill(images: torch.Tensor, masks: torch.Tensor, seed: int = 0,
     to fill a collection a chunk of images at a time: one generator over the chunks draws what one call does)."""
     noise = torch.rand(images.shape, generator=generator or seed_stream(seed, NOISE_STREAM))
     return torch.where(masks, images, noise)
-
-
-# The observed mean sums blocks of this many images in float64, in order: a collection summed a chunk of
-# images at a time (chunks of whole blocks) gives the same bits as one call on all of it.
-MEAN_BLOCK = 256
-
-
-class ObservedMean:
-    """Each entry's mean over the images where it is observed, accumulated over chunks of images (`add`)."""
-
-    def __init__(self):
-        self.sums = self.counts = None
-
-    def add(self, images: torch.Tensor, masks: torch.Tensor) -> None:
-        for start in range(0, len(images), MEAN_BLOCK):
-            x, m = images[start:start + MEAN_BLOCK], masks[start:start + MEAN_BLOCK]
-            sums, counts = torch.where(m, x, 0.0).double().sum(0), m.sum(0, dtype=torch.int64)
-            self.sums = sums if self.sums is None else self.sums + sums
-            self.counts = counts if self.counts is None else self.counts + counts
-
-    def result(self) -> torch.Tensor:
-        """(C, H, W) float32; the global observed mean where an entry is never observed (0.5 if none is)."""
-        total = int(self.counts.sum())
-        overall = float(self.sums.sum()) / total if total else 0.5
-        return torch.where(self.counts > 0, self.sums / self.counts.clamp_min(1), overall).float()
-
-
-def observed_mean(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """(C, H, W): each entry's mean over the images where it is observed (the global observed mean elsewhere)."""
-    mean = ObservedMean()
-    mean.add(images, masks)
-    return mean.result()
 
 
 def mean_fill(images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

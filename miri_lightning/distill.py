@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .baselines import seed_stream
+from .seeds import BATCH_STREAM, PAIR_STREAM, seed_stream
 from .checkpoints import CHECKPOINT_DIR, read_checkpoint
 from .data.sources import NpzImages
 from .ema import EMA
@@ -42,7 +42,6 @@ from .models.unet import VelocityUNet
 from .optim import OptimizerConfig, warmup_cosine
 
 ONE_STEP = SolverConfig(method="euler", steps=1)
-PAIR_STREAM, BATCH_STREAM = 0xD157, 0xBA7C
 STATE_FILE = "state.pt"
 
 

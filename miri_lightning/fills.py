@@ -9,17 +9,16 @@ observed entries (`keep` < 1).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import Callable, Literal, Optional
 
 import torch
 
-from .baselines import MEAN_BLOCK, NOISE_STREAM, interpolation_fill, noise_fill, observed_mean, seed_stream
+from .baselines import interpolation_fill, noise_fill
+from .blocks import BlockSum, observed_mean, root_mean_square
+from .seeds import GAUSS_STREAM, HIDE_STREAM, NOISE_STREAM, THIN_STREAM, seed_stream
 
 InitFill = Literal["noise", "mean", "interpolation"]
-# Each random draw of a fill has its own stream of the seed (`baselines.seed_stream`).
-THIN_STREAM, GAUSS_STREAM, HIDE_STREAM = 0xCEE9, 0xF111, 0xE11
 
 
 @dataclass(eq=False)
@@ -104,21 +103,17 @@ class RoundZeroFill:
                    state.get("fill_keep", 1.0), state.get("fill_values"))
 
 
-class FillError:
+class FillError(BlockSum):
     """The root-mean-square error of a fill on observed entries hidden from it, a chunk of images at a time."""
 
     def __init__(self, fill: RoundZeroFill, seed: int, share: float, fallback: Optional[torch.Tensor]):
-        self.hide, self.share = seed_stream(seed, HIDE_STREAM), share
-        self.fill = fill.stream(seed, fallback)
-        self.squares, self.count = 0.0, 0
+        hide, filled = seed_stream(seed, HIDE_STREAM), fill.stream(seed, fallback)
 
-    def add(self, images: torch.Tensor, masks: torch.Tensor) -> None:
-        for start in range(0, len(images), MEAN_BLOCK):  # summed by blocks: the same however it is chunked
-            x, m = images[start:start + MEAN_BLOCK], masks[start:start + MEAN_BLOCK]
-            hidden = m & (torch.rand(m.shape, generator=self.hide) < self.share)
-            filled = self.fill(x, m & ~hidden)
-            self.squares += float((filled - x)[hidden].double().square().sum())
-            self.count += int(hidden.sum())
+        def squares(x: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            hidden = m & (torch.rand(m.shape, generator=hide) < share)
+            return (filled(x, m & ~hidden) - x)[hidden].double().square().sum(), hidden.sum()
+
+        super().__init__(squares)
 
     def result(self) -> float:
-        return math.sqrt(self.squares / self.count) if self.count else 0.0
+        return root_mean_square(self)

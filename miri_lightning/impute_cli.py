@@ -1,4 +1,4 @@
-"""`miri-impute` (also `python scripts/impute.py`): fill in new images from files with a trained run.
+"""`miri-impute`: fill in new images from files with a trained run.
 
 Inputs, 1 = observed everywhere:
   --images DIR --masks DIR   images, and mask images of the same names (white = observed, black = missing)

@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 from tqdm.auto import tqdm
 
-from .baselines import seed_stream
+from .seeds import CALIBRATION_STREAM, seed_stream
 from .draws import conformal_scale
 from .fills import RoundZeroFill
 from .checkpoints import data_state, miri_state, read_checkpoint
@@ -184,7 +184,7 @@ class MIRIImputer:
         # one channel hidden is a pattern the velocity never trained on, and its errors are not the others').
         shared = bool((full == full[:, :1]).all())
         draw = torch.rand((*full.shape[:1], 1, *full.shape[2:]) if shared else full.shape,
-                          generator=seed_stream(seed, 0xCA11))
+                          generator=seed_stream(seed, CALIBRATION_STREAM))
         hidden = full & (draw < share).expand_as(full)
         kept = full & ~hidden
         empty = images_without_observed(kept)

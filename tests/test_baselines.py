@@ -2,7 +2,8 @@
 
 import torch
 
-from miri_lightning.baselines import interpolation_fill, knn_fill, mean_fill, noise_fill, observed_mean
+from miri_lightning.baselines import interpolation_fill, knn_fill, mean_fill, noise_fill
+from miri_lightning.blocks import observed_mean
 from miri_lightning.data.masks import MCAR
 from miri_lightning.fills import RoundZeroFill
 

@@ -276,7 +276,7 @@ def test_the_collection_built_in_chunks_is_the_one_built_at_once(fill, monkeypat
         return make_dm(source=Shapes(num_images=600, image_size=8, seed=2), **fill, **kwargs)
 
     whole = build()
-    monkeypatch.setattr(storage, "CHUNK_BYTES", 1)  # chunks of MEAN_BLOCK images: 256, 256 and 88
+    monkeypatch.setattr(storage, "CHUNK_BYTES", 1)  # chunks of BLOCK images: 256, 256 and 88
     assert len(storage.chunk_rows(whole.masks.shape)) == 3
     for chunked in (build(), build(state="memmap", state_dir=str(tmp_path))):
         assert torch.equal(chunked.masks, whole.masks) and torch.equal(chunked.truth, whole.truth)

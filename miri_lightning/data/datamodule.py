@@ -15,7 +15,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from ..baselines import ObservedMean
+from ..blocks import ObservedMean
 from ..checkpoints import DATA_STATE_MARK
 from ..fills import InitFill, RoundZeroFill
 from ..errors import ConfigError, DataError

@@ -19,7 +19,7 @@ from typing import Callable, Literal, Optional
 import numpy as np
 import torch
 
-from ..baselines import MEAN_BLOCK
+from ..blocks import BLOCK
 from ..errors import ConfigError, DataError, OutputError
 
 StateMode = Literal["auto", "memory", "memmap"]
@@ -81,15 +81,15 @@ def check_fits(mode: Literal["memory", "memmap"], entries: int, truth_bytes: int
             "local disk with room")
 
 
-# The collection is built and read this many float32 bytes of images at a time (at least MEAN_BLOCK images,
+# The collection is built and read this many float32 bytes of images at a time (at least BLOCK images,
 # and whole blocks of them, so that sums over the collection come out the same however it is chunked).
 CHUNK_BYTES = 8 << 20
 
 
 def chunk_rows(shape: tuple[int, ...]) -> list[slice]:
-    """The chunks of images (N, ...) a collection is built in: whole blocks of `MEAN_BLOCK` images."""
+    """The chunks of images (N, ...) a collection is built in: whole blocks of `BLOCK` images."""
     entries = math.prod(shape[1:])
-    rows = max(1, CHUNK_BYTES // (4 * entries * MEAN_BLOCK)) * MEAN_BLOCK
+    rows = max(1, CHUNK_BYTES // (4 * entries * BLOCK)) * BLOCK
     return [slice(start, min(start + rows, shape[0])) for start in range(0, shape[0], rows)]
 
 
