@@ -115,6 +115,29 @@ class LogConfig(SaveConfigCallback):
             logger.log_hyperparams({"config": self.config.as_dict()})
 
 
+def fill_seeds(config, seed: int) -> None:
+    """Give every seed the config leaves unset (`model.seed`, `data.seed`, the mask's) the run's
+    `seed_everything`, so that one flag reproduces a run; a seed set in the config or on the command line stays.
+
+    The parts of an `AnyOf` mask get the run's seed plus their position, so that two of a kind differ.
+    Each component draws from its own streams of its seed (`seeds.seed_stream`), not from the seed itself.
+    """
+    for section in ("model", "data"):
+        if config[section].get("seed") is None:
+            config[section]["seed"] = seed
+    _fill_mask_seed(config["data"].get("mask"), seed)
+
+
+def _fill_mask_seed(mask, seed: int) -> None:
+    args = getattr(mask, "init_args", None)
+    if args is None:
+        return
+    if "seed" in args and args["seed"] is None:
+        args["seed"] = seed
+    for index, part in enumerate(args.get("mechanisms") or []):
+        _fill_mask_seed(part, seed + index)
+
+
 class MIRICLI(LightningCLI):
     """LightningCLI plus the `rounds`, `checkpoint` and `logging` sections and `--ckpt_path`."""
 
@@ -147,6 +170,8 @@ class MIRICLI(LightningCLI):
         # Before any class is built or writes: a run that cannot save its outputs should not start training.
         config = self.config[self.subcommand] if self.subcommand else self.config
         check_writable(config["trainer"]["default_root_dir"], "trainer.default_root_dir")
+        seed = config.get("seed_everything")
+        fill_seeds(config, 0 if isinstance(seed, bool) or seed is None else seed)
 
     def instantiate_trainer(self, **kwargs):
         config = self.config_init[self.subcommand] if self.subcommand else self.config_init

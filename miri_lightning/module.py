@@ -51,7 +51,8 @@ class MIRI(LightningModule):
         train_crop: train on random windows of this side instead of whole images (the solve takes whole images).
         channels_last: keep weights and activations in NHWC layout, which convolutions prefer (docs/performance.md).
         compile: `torch.compile` the network and its EMA copy: `true` (torch's "default" mode) or a mode name.
-        seed: seed of the network's initialisation and of the training draws (partners, tau, windows).
+        seed: seed of the network's initialisation and of the training draws (partners, tau, windows); unset,
+            `seed_everything`'s under train.py (`cli.fill_seeds`), else 0.
         loss_entries: where the loss is taken: `missing`, every entry missing in the image (the paper's), or
             `partner_observed`, only those the partner observed, where the target x1 is data rather than the
             previous round's imputation.
@@ -68,7 +69,7 @@ class MIRI(LightningModule):
         train_crop: Optional[int] = None,
         channels_last: bool = True,
         compile: Union[bool, CompileMode] = False,
-        seed: int = 0,
+        seed: Optional[int] = None,
         image_shape: Optional[tuple[int, int, int]] = None,
         loss_entries: Literal["missing", "partner_observed"] = "missing",
     ):
@@ -81,7 +82,7 @@ class MIRI(LightningModule):
         self.save_hyperparameters(
             {"net": asdict(self.net_config), "optimizer": asdict(self.optimizer_config),
              "solver": asdict(self.solver), "ema_decay": ema_decay, "max_bad_steps": max_bad_steps,
-             "train_crop": train_crop, "channels_last": channels_last, "compile": compile, "seed": seed,
+             "train_crop": train_crop, "channels_last": channels_last, "compile": compile, "seed": seed or 0,
              "image_shape": image_shape, "loss_entries": loss_entries}
         )
         self.guard = StepGuard(max_bad_steps)

@@ -152,13 +152,13 @@ def realism_overrides(args) -> list[str]:
 
 def run_miri(args, mask_name: str, seed: int, run_dir: Path) -> list[dict]:
     cls, kwargs = MASKS[mask_name]
-    mask = {"class_path": f"{cls.__module__}.{cls.__name__}", "init_args": {**kwargs, "seed": seed}}
+    mask = {"class_path": f"{cls.__module__}.{cls.__name__}", "init_args": kwargs}  # seeded by --seed_everything
     source = {"class_path": "miri_lightning.data.sources.NpzImages",
               "init_args": {"path": str(Path(args.npz).resolve()), "num_images": args.num_images}}
     # The baselines' --mi-steps, --mi-seeds and all the images: MIRI's mask information reads on their scale.
     cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(args.config),
            "--data.source", json.dumps(source), "--data.mask", json.dumps(mask), "--seed_everything", str(seed),
-           "--data.seed", str(seed), "--model.seed", str(seed), "--trainer.default_root_dir", str(run_dir),
+           "--trainer.default_root_dir", str(run_dir),
            "--logging.backend", "csv", "--trainer.enable_progress_bar", "false",
            "--rounds.metrics_max_images", str(args.num_images), "--rounds.mi_steps", str(args.mi_steps),
            "--rounds.mi_seeds", str(args.mi_seeds), *realism_overrides(args), *args.overrides]

@@ -1,6 +1,7 @@
 """End to end through the command line: rounds, outputs, checkpoints, resume, loggers, config errors."""
 
 import csv
+import json
 import io
 import re
 from pathlib import Path
@@ -149,6 +150,29 @@ def test_tensorboard_backend_logs_each_rounds_grid_as_written_to_disk(tmp_path):
 def test_an_epoch_is_a_round_so_the_rounds_set_max_epochs(rounds, expected, tmp_path):
     cli = build_cli([*TINY, "--trainer.default_root_dir", str(tmp_path), *rounds])
     assert cli.trainer.max_epochs == expected  # a round, and one more epoch for each retry it may take
+
+
+def masks_of(cli) -> torch.Tensor:
+    dm = cli.datamodule
+    dm.setup("fit")
+    return dm.masks.clone()
+
+
+def test_one_seed_reproduces_a_run_and_each_seed_can_still_be_set(tmp_path):
+    def build(*args):
+        return build_cli([*TINY, "--trainer.default_root_dir", str(tmp_path), *args])
+
+    seven = build("--seed_everything", "7")
+    assert (seven.model.hparams.seed, seven.datamodule.seed, seven.datamodule.mask.seed) == (7, 7, 7)
+    assert torch.equal(masks_of(seven), masks_of(build("--seed_everything", "7")))
+    assert not torch.equal(masks_of(seven), masks_of(build("--seed_everything", "8")))
+    alone = build("--seed_everything", "7", "--model.seed", "3", "--data.mask.init_args.seed", "5")
+    assert (alone.model.hparams.seed, alone.datamodule.seed, alone.datamodule.mask.seed) == (3, 7, 5)
+    assert torch.equal(masks_of(alone), masks_of(build("--seed_everything", "5")))  # the masks follow their seed
+    union = {"class_path": "miri_lightning.data.masks.AnyOf", "init_args": {"mechanisms": [
+        {"class_path": "miri_lightning.data.masks.MCAR"}, {"class_path": "miri_lightning.data.masks.MCAR"}]}}
+    parts = build("--seed_everything", "7", "--data.mask", json.dumps(union)).datamodule.mask.mechanisms
+    assert [part.seed for part in parts] == [7, 8]  # two of a kind do not hide the same entries
 
 
 # The shapes of what `miri-data` writes, under the names the CPU configs read.

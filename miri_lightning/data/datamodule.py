@@ -73,7 +73,7 @@ class MaskedImageDataModule(LightningDataModule):
             round's training: `batches_per_epoch` batches (set by MIRIRounds
             from `rounds.steps`; one pass over the training images when unset).
         num_workers: DataLoader worker processes.
-        seed: seed of the initial fill and of the batch order.
+        seed: seed of the initial fill and of the batch order; unset, `seed_everything`'s under train.py, else 0.
         state: where the imputations and ground truth live: `memory` (shared
             by a process's DataLoader workers), `memmap` (one `.npy` file per
             round in `state_dir`, mapped by all the node's processes; the
@@ -101,7 +101,7 @@ class MaskedImageDataModule(LightningDataModule):
         val_fraction: float = 0.0,
         batch_size: int = 64,
         num_workers: int = 0,
-        seed: int = 0,
+        seed: Optional[int] = None,
         state: StateMode = "auto",
         state_dir: Optional[str] = None,
         on_device: Union[bool, Literal["auto"]] = "auto",
@@ -136,7 +136,7 @@ class MaskedImageDataModule(LightningDataModule):
         self.fill_noise, self.fill_noise_scale = fill_noise, fill_noise_scale
         self.val_fraction = val_fraction
         self.batches_per_epoch: Optional[int] = None
-        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed or 0
         self.state, self.state_dir, self.on_device = state, state_dir, on_device
         self.resident: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (imputations, masks) on the device
         self.store: Optional[MemmapStore] = None  # set when the state is memory-mapped

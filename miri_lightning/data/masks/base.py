@@ -54,8 +54,12 @@ def check_count(owner: str, name: str, value: int) -> None:
     require(ok, owner, name, "an integer >= 1", value)
 
 
-def check_seed(owner: str, seed: int) -> None:
+def check_seed(owner: str, seed: Optional[int]) -> int:
+    """The mechanism's seed: unset (None), 0; train.py sets it to `seed_everything`'s first (`cli.fill_seeds`)."""
+    if seed is None:
+        return 0
     require(isinstance(seed, int) and not isinstance(seed, bool), owner, "seed", "an integer", seed)
+    return seed
 
 
 def check_strength(owner: str, value: float) -> None:

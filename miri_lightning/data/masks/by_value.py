@@ -143,11 +143,12 @@ class MAR(_ScoredMechanism):
         observed_fraction: fraction of rows at the top that is always observed, in (0, 1).
         strength: how strongly the band drives missingness; > 0 makes columns under a
             bright band more often missing, < 0 under a dark band, 0 gives MCAR below the band.
-        seed: seed of the local random generator.
+        seed: seed of the local random generator (unset: `seed_everything`'s under train.py, else 0).
     """
 
     def __init__(
-        self, missing_rate: float = 0.5, observed_fraction: float = 0.25, strength: float = 5.0, seed: int = 0
+        self, missing_rate: float = 0.5, observed_fraction: float = 0.25, strength: float = 5.0,
+        seed: Optional[int] = None,
     ) -> None:
         check_missing_rate("MAR", missing_rate)
         ok = isinstance(observed_fraction, (int, float)) and 0 < observed_fraction < 1
@@ -160,11 +161,10 @@ class MAR(_ScoredMechanism):
             missing_rate,
         )
         check_strength("MAR", strength)
-        check_seed("MAR", seed)
+        self.seed = check_seed("MAR", seed)
         self.missing_rate = missing_rate
         self.observed_fraction = observed_fraction
         self.strength = strength
-        self.seed = seed
 
     def band_rows(self, height: int) -> int:
         """Number of rows at the top that are always observed for images of this height."""
@@ -204,16 +204,15 @@ class MNAR(_ScoredMechanism):
     Args:
         missing_rate: expected missing fraction, in [0, 1).
         strength: > 0 hides bright pixels more often, < 0 dark ones, 0 gives MCAR.
-        seed: seed of the local random generator.
+        seed: seed of the local random generator (unset: `seed_everything`'s under train.py, else 0).
     """
 
-    def __init__(self, missing_rate: float = 0.5, strength: float = 5.0, seed: int = 0) -> None:
+    def __init__(self, missing_rate: float = 0.5, strength: float = 5.0, seed: Optional[int] = None) -> None:
         check_missing_rate("MNAR", missing_rate)
         check_strength("MNAR", strength)
-        check_seed("MNAR", seed)
+        self.seed = check_seed("MNAR", seed)
         self.missing_rate = missing_rate
         self.strength = strength
-        self.seed = seed
 
     def target(self, shape: tuple[int, ...]) -> float:
         return self.missing_rate

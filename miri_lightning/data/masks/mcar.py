@@ -2,7 +2,7 @@
 a centred box, random boxes, brush strokes."""
 
 import math
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -28,15 +28,14 @@ class MCAR(ProbabilityMechanism):
         missing_rate: probability that a pixel is missing, in [0, 1).
         per_channel: if False a pixel is missing in all its channels at once; if True
             each channel of each pixel is drawn independently.
-        seed: seed of the local random generator.
+        seed: seed of the local random generator (unset: `seed_everything`'s under train.py, else 0).
     """
 
-    def __init__(self, missing_rate: float = 0.6, per_channel: bool = False, seed: int = 0) -> None:
+    def __init__(self, missing_rate: float = 0.6, per_channel: bool = False, seed: Optional[int] = None) -> None:
         check_missing_rate("MCAR", missing_rate)
-        check_seed("MCAR", seed)
+        self.seed = check_seed("MCAR", seed)
         self.missing_rate = missing_rate
         self.per_channel = per_channel
-        self.seed = seed
 
     def missing_probability(self, images: torch.Tensor, fitted: object = None) -> torch.Tensor:
         n, c, h, w = images.shape
@@ -53,11 +52,10 @@ class CenterBox(MaskMechanism):
         seed: unused (the box is deterministic); accepted so all mechanisms share one interface.
     """
 
-    def __init__(self, size: float = 0.5, seed: int = 0) -> None:
+    def __init__(self, size: float = 0.5, seed: Optional[int] = None) -> None:
         check_size("CenterBox", "size", size)
-        check_seed("CenterBox", seed)
+        self.seed = check_seed("CenterBox", seed)
         self.size = size
-        self.seed = seed
 
     def stream(self, num_images: int, chunks: Chunks) -> Callable[[torch.Tensor], torch.Tensor]:
         return self  # the same hole in every image
@@ -79,19 +77,19 @@ class RandomBoxes(MaskMechanism):
         min_size: smallest box side as a fraction of the image side along that axis, in (0, 1].
         max_size: largest box side, likewise, in (0, 1] and >= min_size; height and width
             are drawn independently and uniformly in [min_size, max_size] * side.
-        seed: seed of the local random generator.
+        seed: seed of the local random generator (unset: `seed_everything`'s under train.py, else 0).
     """
 
-    def __init__(self, num_boxes: int = 1, min_size: float = 0.25, max_size: float = 0.5, seed: int = 0) -> None:
+    def __init__(self, num_boxes: int = 1, min_size: float = 0.25, max_size: float = 0.5,
+                 seed: Optional[int] = None) -> None:
         check_count("RandomBoxes", "num_boxes", num_boxes)
         check_size("RandomBoxes", "min_size", min_size)
         check_size("RandomBoxes", "max_size", max_size)
         require(min_size <= max_size, "RandomBoxes", "min_size", f"<= max_size ({max_size})", min_size)
-        check_seed("RandomBoxes", seed)
+        self.seed = check_seed("RandomBoxes", seed)
         self.num_boxes = num_boxes
         self.min_size = min_size
         self.max_size = max_size
-        self.seed = seed
 
     def _draw(self, n: int, images: torch.Tensor) -> list[torch.Tensor]:
         """Uniform numbers (n, num_boxes): each box's height and top, then its width and left."""
@@ -134,18 +132,18 @@ class Strokes(MaskMechanism):
             stroke hides at least one pixel).
         max_length: largest total stroke length as a fraction of the shorter image side,
             in (0, 1]; each segment is between half and all of max_length / number of segments.
-        seed: seed of the local random generator.
+        seed: seed of the local random generator (unset: `seed_everything`'s under train.py, else 0).
     """
 
-    def __init__(self, num_strokes: int = 4, max_width: float = 0.1, max_length: float = 0.5, seed: int = 0) -> None:
+    def __init__(self, num_strokes: int = 4, max_width: float = 0.1, max_length: float = 0.5,
+                 seed: Optional[int] = None) -> None:
         check_count("Strokes", "num_strokes", num_strokes)
         check_size("Strokes", "max_width", max_width)
         check_size("Strokes", "max_length", max_length)
-        check_seed("Strokes", seed)
+        self.seed = check_seed("Strokes", seed)
         self.num_strokes = num_strokes
         self.max_width = max_width
         self.max_length = max_length
-        self.seed = seed
 
     def _polylines(self, n: int, images: torch.Tensor) -> list[torch.Tensor]:
         """Vertices (n, strokes, segments + 1, 2) as PIL (x, y), pixel centres at integers; widths (n, strokes)."""
