@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import torch
+import yaml
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
@@ -113,6 +114,26 @@ class LogConfig(SaveConfigCallback):
     def save_config(self, trainer, pl_module, stage) -> None:
         for logger in trainer.loggers:
             logger.log_hyperparams({"config": self.config.as_dict()})
+
+
+def read_config(path: str | Path) -> dict:
+    """What a config file states, with the files it names (`config: other.yaml`, relative to it) under it.
+
+    The shipped configs compose: a file that names another holds only what differs, as dotted keys
+    (`rounds.num_rounds: 8`), each replacing one value, as `--config` reads them. This reads the stated
+    values alone, without the defaults; `--print_config` gives the whole config.
+    """
+    path = Path(path)
+    own = yaml.safe_load(path.read_text()) or {}
+    parent = own.pop("config", None)
+    merged = read_config(path.parent / parent) if parent else {}
+    for key, value in own.items():
+        *groups, last = key.split(".")
+        node = merged
+        for group in groups:
+            node = node.setdefault(group, {})
+        node[last] = value
+    return merged
 
 
 def fill_seeds(config, seed: int) -> None:

@@ -40,11 +40,10 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from miri_lightning.callbacks.rounds import MIRIRounds
-from miri_lightning.cli import build_cli
+from miri_lightning.cli import build_cli, read_config
 from miri_lightning.errors import TrainingError
 from miri_lightning.runs import QUIET, short_rounds, train
 
@@ -67,7 +66,7 @@ EVALUATIONS = {"euler": 1, "midpoint": 2, "rk4": 4}
 
 def same_data(config: Path) -> list[str]:
     """Overrides that give another config this config's images and masks."""
-    data = yaml.safe_load(config.read_text())["data"]
+    data = read_config(config)["data"]
     return ["--data.source", json.dumps(data["source"]), "--data.mask", json.dumps(data["mask"])]
 
 
@@ -87,7 +86,7 @@ def throughput(config: Path, data: list[str], steps: int, rounds: int, extra: li
 
 def recipe_steps(config: Path, overrides: list[str]) -> int:
     """The most training steps of one round of `config` as run with `overrides`."""
-    value = (yaml.safe_load(config.read_text()).get("rounds") or {}).get(
+    value = (read_config(config).get("rounds") or {}).get(
         "steps", inspect.signature(MIRIRounds).parameters["steps"].default)
     for key, given in zip(overrides, overrides[1:]):
         if key == "--rounds.steps":

@@ -5,11 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from conftest import run_cli
 from miri_lightning.baselines import interpolation_fill
+from miri_lightning.cli import read_config
 from miri_lightning.data.masks import MCAR
 from miri_lightning.data.sources import Shapes
 from miri_lightning.draws import calibrated_interval
@@ -127,7 +127,7 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_every_shipped_config_fills_round_0_at_random_and_keeps_observed_entries(config, held_out):
-    data = yaml.safe_load(config.read_text())["data"]
+    data = read_config(config)["data"]
     fill = RoundZeroFill(data.get("init_fill", "noise"), data.get("fill_sigma", 1.0), data.get("fill_noise", 0.0),
                          data.get("fill_keep", 1.0))
     images, masks = held_out
