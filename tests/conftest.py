@@ -109,6 +109,16 @@ def run_cli(run_dir: Path, *overrides: str) -> Path:
     return run_dir
 
 
+# The trained run that many tests read (training, inference, distillation): trained once a session.
+TWO_ROUNDS = ["--rounds.num_rounds", "2", "--rounds.steps", "16"]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A finished two-round TINY run, shared by every test that reads one: do not write into it."""
+    return run_cli(tmp_path_factory.mktemp("trained") / "two_rounds", *TWO_ROUNDS)
+
+
 # What a subprocess started by a test sees: this worktree's tests/ (the probe callbacks) and package first, on one
 # thread like the in-process runs (whose results it must match bit for bit); the session's decode cache comes along.
 def subprocess_env() -> dict[str, str]:

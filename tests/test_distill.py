@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
 from miri_lightning.data.masks import MCAR
 from miri_lightning.data.sources import Shapes
 from miri_lightning.distill import DistillConfig, Student, distill, main as distill_main
@@ -20,8 +19,8 @@ FAST = DistillConfig(steps=60, batch_size=16, lr=3e-3, warmup_steps=5, pairs_per
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    return run_cli(tmp_path_factory.mktemp("train") / "run", "--rounds.num_rounds", "2", "--rounds.steps", "16")
+def run(trained_run) -> Path:
+    return trained_run
 
 
 @pytest.fixture(scope="module")

@@ -20,10 +20,9 @@ from miri_lightning.inference import MIRIImputer
 from miri_lightning.metrics import missing_rmse, psnr
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
-    run = run_cli(tmp_path_factory.mktemp("train") / "run", "--rounds.num_rounds", "2", "--rounds.steps", "16")
-    return run / "checkpoints" / "last.ckpt"
+@pytest.fixture
+def ckpt(trained_run) -> Path:
+    return trained_run / "checkpoints" / "last.ckpt"
 
 
 @pytest.fixture(scope="module")

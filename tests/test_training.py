@@ -13,7 +13,7 @@ from lightning.pytorch import Callback
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import ROOT, TINY, HostReads, read_imputations, read_rounds, run_cli
+from conftest import ROOT, TINY, TWO_ROUNDS, HostReads, read_imputations, read_rounds, run_cli
 from miri_lightning.cli import MIRICLI, build_cli
 from miri_lightning.data.datamodule import MaskedImageDataModule
 from miri_lightning.data.masks import MCAR
@@ -21,12 +21,9 @@ from miri_lightning.data.sources import Shapes
 from miri_lightning.flow import random_window
 from miri_lightning.module import MIRI
 
-TWO_ROUNDS = ["--rounds.num_rounds", "2", "--rounds.steps", "16"]
-
-
-@pytest.fixture(scope="module")
-def two_round_run(tmp_path_factory) -> Path:
-    return run_cli(tmp_path_factory.mktemp("run") / "two_rounds", *TWO_ROUNDS)
+@pytest.fixture
+def two_round_run(trained_run) -> Path:
+    return trained_run
 
 
 @pytest.mark.slow

@@ -44,10 +44,11 @@ class UNetConfig:
             the whole lowest-resolution feature map.
     """
 
-    width: int = 64
+    # The shape every shipped config uses (1.1M parameters at 3 channels).
+    width: int = 32
     channel_mults: tuple[int, ...] = (1, 2, 2)
-    num_res_blocks: int = 2
-    attention_resolutions: tuple[int, ...] = (8,)
+    num_res_blocks: int = 1
+    attention_resolutions: tuple[int, ...] = ()
     dropout: float = 0.0
     groups: int = 8
     norm: Literal["group", "pixel"] = "group"
