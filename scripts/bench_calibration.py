@@ -3,7 +3,7 @@
     python scripts/bench_calibration.py --ckpt RUN/checkpoints/last.ckpt --npz ../shared/data/cifar10_uint8.npz
 
 Rebuilds the run's collection (the first `--num-images` images of the file,
-MCAR 60 % with `--mask-seed`, as `scripts/benchmark.py` masks them) and
+MCAR 60 % with `--mask-seed`, as `miri-bench compare` masks them) and
 draws its first `--subset` images `--draws` times. Prints, over their
 missing entries, the share of true values inside the draws' own 5 % to
 95 % quantiles, inside the Student-t prediction interval, and inside the

@@ -138,8 +138,9 @@ def train_subprocess(run_dir: Path, *overrides: str, timeout: int = 240) -> subp
                           text=True, timeout=timeout)
 
 
-def run_script(script: Path, *args, timeout: int = 300) -> str:
-    """`python <script> args` in a subprocess; asserts it succeeded and returns what it printed."""
+def run_script(script: Path | str, *args, timeout: int = 300) -> str:
+    """`python <script> args` (or `python -m module args`) in a subprocess; asserts it succeeded and returns
+    what it printed."""
     done = subprocess.run([sys.executable, str(script), *map(str, args)], cwd=ROOT, env=subprocess_env(),
                           capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -1,8 +1,7 @@
-"""scripts/benchmark.py: the baselines (with their mask information) on plain and per-channel masks, MIRI's
+"""`miri-bench compare`: the baselines (with their mask information) on plain and per-channel masks, MIRI's
 targets verdict, and a run without matplotlib that still writes everything but the plot."""
 
 import copy
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -13,12 +12,12 @@ import torch
 
 from conftest import run_script, stand_in
 from miri_lightning.baselines import noise_fill
+from miri_lightning.bench import compare
 from miri_lightning.data.sources import NpzImages
 from miri_lightning.metrics import mask_information
 from miri_lightning.realism import inception_path
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "benchmark.py"
 
 # A MIRI run of seconds on 16x16 images: a U-Net of width 8, 4 rounds of one epoch, 2 solver steps.
 TINY_MIRI = [
@@ -32,10 +31,7 @@ TINY_MIRI = [
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return compare
 
 
 def write_images(path: Path, n: int = 40, size: int = 8) -> Path:
@@ -73,8 +69,8 @@ def test_per_channel_mask_setting_hides_each_channel_on_its_own(bench):
 def test_baselines_only_scores_every_fill_with_its_mask_information(tmp_path, bench):
     npz = write_images(tmp_path / "d.npz")
     out = tmp_path / "out"
-    run_script(SCRIPT, "--npz", npz, "--num-images", 40, "--masks", "mcar60", "mcar60c", "--seeds", 1, 2,
-               "--baselines-only", "--mi-steps", 50, "--mi-seeds", 2, "--fid-images", 0, "--out", out)
+    run_script("-m", "miri_lightning.bench", "compare", "--npz", npz, "--num-images", 40, "--masks", "mcar60",
+               "mcar60c", "--seeds", 1, 2, "--baselines-only", "--mi-steps", 50, "--mi-seeds", 2, "--fid-images", 0, "--out", out)
     result = json.loads((out / "results.json").read_text())
     assert result["truth_halves_mmd"] > 0 and (result["mi_steps"], result["mi_seeds"]) == (50, 2)
     assert list(result["masks"]) == ["mcar60", "mcar60c"]
@@ -103,9 +99,8 @@ def test_baselines_only_scores_every_fill_with_its_mask_information(tmp_path, be
 
 
 def run_main(bench, monkeypatch, *args) -> None:
-    """The script in this process (no start-up of seconds; `sys.modules` can be patched)."""
-    monkeypatch.setattr(sys, "argv", [str(SCRIPT), *map(str, args)])
-    bench.main()
+    """`miri-bench compare` in this process (no start-up of seconds; `sys.modules` can be patched)."""
+    bench.main([str(arg) for arg in args])
 
 
 def test_skip_knn_and_no_mask_information(tmp_path, bench, monkeypatch):

@@ -16,6 +16,11 @@ def script(name: str, *args) -> str:
     return run_script(ROOT / "scripts" / name, *args)
 
 
+def bench_command(command: str, *args) -> str:
+    """`miri-bench COMMAND args`, as a user runs it (in a subprocess)."""
+    return run_script("-m", "miri_lightning.bench", command, *args)
+
+
 @pytest.mark.slow
 def test_bench_speed_reports_throughput_flops_and_ratios(tmp_path):
     out = tmp_path / "speed.json"
@@ -37,7 +42,7 @@ def test_bench_speed_reports_throughput_flops_and_ratios(tmp_path):
 def test_bench_solvers_rescores_a_round_of_a_finished_run(tmp_path):
     run = run_cli(tmp_path / "run", "--rounds.num_rounds", "2", "--rounds.steps", "4")
     out = tmp_path / "solvers.json"
-    script("bench_solvers.py", "--run", run, "--round", "2", "--solvers", "midpoint:2", "euler:3", "--out", out)
+    bench_command("solvers", "--run", run, "--round", "2", "--solvers", "midpoint:2", "euler:3", "--out", out)
     results = {r["solver"]: r for r in json.loads(out.read_text())["results"]}
     assert set(results) == {"midpoint:2", "euler:3"}
     # the run's own round 2 used 2 midpoint steps in float32: the re-solve gives its MMD back
@@ -116,7 +121,7 @@ def test_bench_speed_levers_runs_the_chosen_lever_off_and_on(tmp_path):
 def test_rescore_rounds_gives_a_run_its_own_figures_back_and_more_mask_information_steps(tmp_path):
     run = run_cli(tmp_path / "run", "--rounds.num_rounds", "2", "--rounds.steps", "4")
     out = tmp_path / "rescored.jsonl"
-    script("rescore_rounds.py", "--run", run, "--mi-steps", 10, "--out", out)  # the run's own steps (TINY)
+    bench_command("rescore", "--run", run, "--mi-steps", 10, "--out", out)  # the run's own steps (TINY)
     rescored = [json.loads(line) for line in out.read_text().splitlines()]
     logged = read_rounds(run)
     assert [r["round"] for r in rescored] == [0, 1, 2]

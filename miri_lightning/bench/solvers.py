@@ -1,6 +1,6 @@
 """Few-step solvers against many Euler steps: one round of a finished run re-solved with each, quality and time.
 
-    python scripts/bench_solvers.py --run RUN --round 5 --solvers euler:100 euler:20 midpoint:2 midpoint:8 rk4:1
+    miri-bench solvers --run RUN --round 5 --solvers euler:100 euler:20 midpoint:2 midpoint:8 rk4:1
 
 Round t of a run maps x_hat^(t-1) (in RUN/checkpoints/round{t-1}.ckpt; the
 noise or other fill for t = 1) through the ODE of v_t (its EMA weights, in
@@ -39,14 +39,14 @@ def round_inputs(run: Path, t: int):
     return imputations_after(run, t - 1, dm), dm.masks, dm.truth, imputer.net
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="miri-bench solvers", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, required=True, help="a finished train.py run folder")
     p.add_argument("--round", type=int, default=1)
     p.add_argument("--solvers", nargs="+", default=["euler:100", "euler:20", "midpoint:2", "midpoint:8", "rk4:1"])
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--out", type=Path, help="also write the results here as JSON")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     try:
         start, masks, truth, net = round_inputs(args.run, args.round)
     except MIRIError as err:
@@ -64,7 +64,3 @@ def main() -> None:
         print(json.dumps(results[-1]), flush=True)
     if args.out:
         args.out.write_text(json.dumps({"run": str(args.run), "round": args.round, "results": results}, indent=1))
-
-
-if __name__ == "__main__":
-    main()

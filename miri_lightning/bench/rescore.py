@@ -1,7 +1,7 @@
 """Every round of a finished run scored again from its checkpoints, e.g. with a longer-trained
 mask-information classifier than the run used.
 
-    python scripts/rescore_rounds.py --run RUN --mi-steps 1000 --out RUN/rescored.jsonl
+    miri-bench rescore --run RUN --mi-steps 1000 --out RUN/rescored.jsonl
 
 Round t's imputations x_hat^(t) are in RUN/checkpoints/round{t}.ckpt; round 0's
 fill, the masks and the truth are rebuilt from the run's saved config.yaml (so
@@ -35,14 +35,14 @@ def rescore(args) -> list[str]:
     return lines
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="miri-bench rescore", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, required=True, help="a finished train.py run folder")
     p.add_argument("--rounds", type=int, nargs="+", help="which rounds (default: 0 and every round checkpoint)")
     p.add_argument("--mi-steps", type=int, default=MI_STEPS, help="training steps of the mask-information classifier")
     p.add_argument("--max-images", type=int, default=5000, help="score the first this-many images")
     p.add_argument("--out", type=Path, help="also write the lines here")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     try:
         lines = rescore(args)
         if args.out:
@@ -50,7 +50,3 @@ def main() -> None:
                 tmp.write_text("\n".join(lines) + "\n")
     except MIRIError as err:
         sys.exit(str(err))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,11 +1,11 @@
 """MIRI against simple baselines on the same images and masks, over mask settings and seeds.
 
-    python scripts/benchmark.py --npz ../shared/data/mnist32_uint8.npz --num-images 1000 \
+    miri-bench compare --npz ../shared/data/mnist32_uint8.npz --num-images 1000 \
         --config configs/mnist_cpu.yaml --masks mcar60 boxes strokes --seeds 1 2 3 --out docs/benchmarks
 
 CelebA-64, RGB, with the CelebA protocol's masks (`mcar60c`: each channel of a pixel missing on its own):
 
-    python scripts/benchmark.py --npz ../shared/data/celeba64_uint8.npz --num-images 1000 \
+    miri-bench compare --npz ../shared/data/celeba64_uint8.npz --num-images 1000 \
         --config configs/celeba_cpu.yaml --masks mcar60c --seeds 1 --out docs/benchmarks/celeba
 
 For every (mask setting, seed): the masks are drawn once; the baselines (the
@@ -78,8 +78,6 @@ from miri_lightning.io import atomic_path
 from miri_lightning.metrics import MI_STEPS, collection_metrics, missing_rmse, mmd_rbf, psnr
 from miri_lightning.realism import INSTALL_HINT, Realism, load_inception
 from miri_lightning.runs import read_rounds
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # Mask settings: (mechanism class, its arguments). A mask that is the same for
 # every image (one centred box) is left out on purpose: nothing trained on the
@@ -156,13 +154,13 @@ def run_miri(args, mask_name: str, seed: int, run_dir: Path) -> list[dict]:
     source = {"class_path": "miri_lightning.data.sources.NpzImages",
               "init_args": {"path": str(Path(args.npz).resolve()), "num_images": args.num_images}}
     # The baselines' --mi-steps, --mi-seeds and all the images: MIRI's mask information reads on their scale.
-    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(args.config),
+    cmd = [sys.executable, "-m", "miri_lightning", "--config", str(args.config.resolve()),
            "--data.source", json.dumps(source), "--data.mask", json.dumps(mask), "--seed_everything", str(seed),
-           "--trainer.default_root_dir", str(run_dir),
+           "--trainer.default_root_dir", str(run_dir.resolve()),
            "--logging.backend", "csv", "--trainer.enable_progress_bar", "false",
            "--rounds.metrics_max_images", str(args.num_images), "--rounds.mi_steps", str(args.mi_steps),
            "--rounds.mi_seeds", str(args.mi_seeds), *realism_overrides(args), *args.overrides]
-    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     rounds = [measured(record, args.mi_steps) for record in read_rounds(run_dir)]
     if args.realism_images and "fid" in rounds[-1]:  # the last round on the images the baselines are scored on
         rounds[-1].update(fid_all=rounds[-1]["fid"], kid_all=rounds[-1]["kid"], fid_all_images=rounds[-1]["fid_images"])
@@ -390,14 +388,14 @@ def write_plot(results: dict, path: Path, plt) -> None:
     fig.savefig(path, dpi=80)
 
 
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="miri-bench compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--npz", required=True, help=".npz with an `images` array (N,H,W[,C])")
     p.add_argument("--num-images", type=int, default=1000)
-    p.add_argument("--config", type=Path, default=ROOT / "configs" / "mnist_cpu.yaml")
+    p.add_argument("--config", type=Path, default=Path("configs/mnist_cpu.yaml"))
     p.add_argument("--masks", nargs="+", choices=sorted(MASKS), default=["mcar60"])
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    p.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
+    p.add_argument("--out", type=Path, required=True)
     p.add_argument("--baselines-only", action="store_true")
     p.add_argument("--skip-knn", action="store_true", help="leave out the 5-nearest neighbours (quadratic in images)")
     p.add_argument("--mi-steps", type=int, default=MI_STEPS,
@@ -418,7 +416,7 @@ def parse_args() -> argparse.Namespace:
                         "only (0: --fid-images and all the images, as above); each image costs an InceptionV3 "
                         "pass, about 0.18 s on 2 CPU cores, so 5,000 images are some 15 minutes a collection")
     p.add_argument("overrides", nargs="*", help="train.py overrides for MIRI, after --")
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
 def run_seed(args, images: torch.Tensor, mask_name: str, seed: int, methods: list[str],
@@ -438,8 +436,8 @@ def run_seed(args, images: torch.Tensor, mask_name: str, seed: int, methods: lis
     return entry
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     # Checked now, not after the runs: a missing plotting library must not end hours of work in a traceback.
     plt = None if args.baselines_only else pyplot()
     if not args.baselines_only and plt is None:
@@ -472,7 +470,3 @@ def main() -> None:
             write_plot(results, args.out / "rounds.png", plt)
         except Exception as error:  # the results are saved: a plotting failure must not end the run in a traceback
             print(f"rounds.png not written ({error!r}); results.json and table.md are", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    main()
