@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from conftest import read_rounds, run_cli
+from miri_lightning.callbacks.rounds import Convergence, verdict
 from miri_lightning.data.batches import RoundSampler
 from miri_lightning.data.datamodule import MaskedImageDataModule
 from miri_lightning.data.sources import Shapes
@@ -154,3 +155,23 @@ def test_a_rise_within_the_estimates_spread_is_not_worse():
     assert information_rose(before, {"mutual_information": 0.14, "mutual_information_se": 0.01})
     assert information_rose({"mutual_information": 0.1}, {"mutual_information": 0.1001})  # one seed: any rise
     assert not information_rose(None, {"mutual_information": 1.0})  # round 0 has nothing to compare with
+
+
+def test_convergence_needs_the_minimum_steps_a_plateau_and_no_spike():
+    rule = Convergence(min_steps=30, patience=2, min_improvement=0.01)
+    assert [rule.update(steps, loss) for steps, loss in [(10, 1.0), (20, 0.995), (30, 0.999)]] == [False, False, True]
+    early = Convergence(min_steps=50, patience=2, min_improvement=0.01)
+    assert not any(early.update(steps, loss) for steps, loss in [(10, 1.0), (20, 1.0), (30, 1.0), (40, 1.0)])
+    falling = Convergence(min_steps=0, patience=2, min_improvement=0.01)
+    assert not any(falling.update(steps, 1.0 - steps / 100) for steps in range(10, 90, 10))
+    spike = Convergence(min_steps=0, patience=2, min_improvement=0.01)
+    assert [spike.update(s, loss) for s, loss in [(10, 1.0), (20, 10.0), (30, 10.0), (40, 1.2)]] == [
+        False, False, False, True]  # stale for three checks, but a plateau only once back under 1.5x the best
+
+
+@pytest.mark.parametrize("worse, on_worse, retries, expected", [
+    (False, "retry", 0, "keep"), (False, "stop", 0, "keep"), (True, "warn", 0, "keep"),
+    (True, "retry", 0, "retry"), (True, "retry", 1, "keep"), (True, "stop", 0, "stop"),
+])
+def test_a_worse_round_is_retried_while_retries_last_or_stops_the_run(worse, on_worse, retries, expected):
+    assert verdict(worse, on_worse, retries, max_retries=1) == expected

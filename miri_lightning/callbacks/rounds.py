@@ -44,6 +44,34 @@ TIMING_KEYS = ("train_seconds", "impute_seconds", "train_images_per_second", "im
                "fastest_epoch_seconds", "peak_memory_gb", "fid_seconds")
 
 
+class Convergence:
+    """When a round's held-out loss has stopped falling: after `min_steps`, `patience` checks in a row
+    without a relative fall of `min_improvement` below the round's best, and not in a spike (a loss above
+    SPIKE times the best has not converged; it trains on)."""
+
+    def __init__(self, min_steps: int, patience: int, min_improvement: float):
+        self.min_steps, self.patience, self.min_improvement = min_steps, patience, min_improvement
+        self.best, self.stale = math.inf, 0
+
+    def update(self, steps: int, loss: float) -> bool:
+        """The loss after `steps` of the round; whether the round has converged."""
+        improved = loss < self.best * (1 - self.min_improvement)
+        self.best, self.stale = min(self.best, loss), 0 if improved else self.stale + 1
+        return steps >= self.min_steps and self.stale >= self.patience and loss <= SPIKE * self.best
+
+
+Verdict = Literal["keep", "retry", "stop"]
+
+
+def verdict(worse: bool, on_worse: OnWorse, retries: int, max_retries: int) -> Verdict:
+    """What a round's new imputations become: kept (and the next round starts), discarded and the round
+    trained longer (`retry`, while retries are left), or kept and the run ended (`stop`). Only a round whose
+    imputations carry more mask information than the last (`worse`) is retried or stops the run."""
+    if worse and on_worse == "retry" and retries < max_retries:
+        return "retry"
+    return "stop" if worse and on_worse == "stop" else "keep"
+
+
 def shard(n: int, rank: int, world: int) -> torch.Tensor:
     """Rank `rank`'s indices of 0..n-1 (a disjoint, covering split), padded with -1 to ceil(n / world)."""
     own = torch.arange(rank, n, world) if rank < n else torch.empty(0, dtype=torch.long)
@@ -201,7 +229,8 @@ class MIRIRounds(Callback):
         if pl_module.device.type == "cuda" and not self.train_images:
             torch.cuda.reset_peak_memory_stats(pl_module.device)
         pl_module.round_converged = False
-        self._epoch_start_step, self._checked, self._stale, self._best_val = trainer.global_step, 0, 0, math.inf
+        self._epoch_start_step, self._checked = trainer.global_step, 0
+        self._convergence = Convergence(self.min_steps, self.patience, self.min_improvement)
         self._epoch_start = clock(pl_module.device)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
@@ -215,9 +244,7 @@ class MIRIRounds(Callback):
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics({"val/loss": loss}, step=trainer.global_step)
-        improved = loss < self._best_val * (1 - self.min_improvement)
-        self._best_val, self._stale = min(self._best_val, loss), 0 if improved else self._stale + 1
-        converged = steps >= self.min_steps and self._stale >= self.patience and loss <= SPIKE * self._best_val
+        converged = self._convergence.update(steps, loss)
         # Every rank must end the epoch at the same step (they compute the same loss; this makes sure).
         pl_module.round_converged = trainer.strategy.reduce_boolean_decision(converged, all=False)
 
@@ -237,7 +264,8 @@ class MIRIRounds(Callback):
         last = dm.round + 1 >= self.num_rounds
         metrics = self._score(trainer, candidate, last=last)
         worse = trainer.strategy.broadcast(metrics is not None and information_rose(self.previous, metrics))
-        if worse and self.on_worse == "retry" and self.retries < self.max_retries:
+        decision = verdict(worse, self.on_worse, self.retries, self.max_retries)
+        if decision == "retry":
             self.retries += 1
             self.discarded.append(metrics)
             rank_zero_warn(f"MIRI round {dm.round + 1}: the new imputations carry more mask information than round "
@@ -247,7 +275,7 @@ class MIRIRounds(Callback):
         if worse:
             rank_zero_warn(f"MIRI round {dm.round + 1} carries more mask information than round {dm.round} "
                            f"({_bits(metrics)} against {_bits(self.previous)}): this round made the imputations "
-                           "more detectable" + ("; stopping (rounds.on_worse: stop)" if self.on_worse == "stop" else ""))
+                           "more detectable" + ("; stopping (rounds.on_worse: stop)" if decision == "stop" else ""))
         dm.next_round(candidate)
         pl_module.finish_round()
         timing = {"train_seconds": self.train_seconds, "impute_seconds": impute_seconds,
@@ -260,7 +288,7 @@ class MIRIRounds(Callback):
         self.round_steps, self.val_curve, self.retries, self.discarded = 0, [], 0, []
         pl_module.log("round", float(dm.round), on_step=False, on_epoch=True, sync_dist=True)
         self._report(trainer, pl_module, metrics, {**timing, **rounds})
-        if dm.round >= self.num_rounds or (worse and self.on_worse == "stop"):
+        if dm.round >= self.num_rounds or decision == "stop":
             trainer.should_stop = True
         else:
             pl_module.start_round(dm.round + 1, fresh=self.reinit_each_round)
