@@ -74,6 +74,7 @@ def test_a_round_of_other_masks_or_another_folder_is_refused(run, tmp_path):
 CONFIG, OVERRIDES = TINY[1], [*TINY[2:], "--trainer.accelerator", "cpu"]
 
 
+@pytest.mark.slow  # a child Python process that imports torch and Lightning: seconds
 def test_train_runs_in_a_child_process_and_returns_its_rounds(tmp_path):
     rounds = train(CONFIG, [*OVERRIDES, *short_rounds(3, 1)], profile=tmp_path / "train.prof")
     assert [r["round"] for r in rounds] == [0, 1] and rounds[1]["steps"] == 3
@@ -81,6 +82,7 @@ def test_train_runs_in_a_child_process_and_returns_its_rounds(tmp_path):
     assert train(CONFIG, OVERRIDES, timeout=0.01) == []  # stopped before round 0: no rounds, no error
 
 
+@pytest.mark.slow  # a child Python process that imports torch and Lightning: seconds
 def test_a_failed_training_names_its_config_and_says_why():
     with pytest.raises(TrainingError, match=r"(?s)train.py failed for .*quickstart.yaml.*model.optimizer.lr"):
         train(CONFIG, [*OVERRIDES, "--model.optimizer.lr", "fast"])
