@@ -125,6 +125,9 @@ def read_config(path: str | Path) -> dict:
     """
     path = Path(path)
     own = yaml.safe_load(path.read_text()) or {}
+    if "config" in own and next(iter(own)) != "config":
+        # --config applies the named file where the key stands: keys above it would be overridden by it.
+        raise ConfigError(f"{path}: `config:` must be the first key, so that the file's own keys apply over it")
     parent = own.pop("config", None)
     merged = read_config(path.parent / parent) if parent else {}
     for key, value in own.items():
@@ -238,7 +241,10 @@ def _with_renames(message: str) -> str:
 def build_cli(args: Optional[list[str]] = None) -> MIRICLI:
     """Parse the command line and build the model, data and trainer; bad keys or values raise a MIRIError."""
     try:
+        # seed_everything 0 when unset, not a random seed: it seeds the masks, the data and the model too
+        # (fill_seeds), so a run must be reproducible, and resumable, from its command line.
         return MIRICLI(MIRI, MaskedImageDataModule, run=False, args=args, save_config_callback=LogConfig,
+                       seed_everything_default=0,
                        save_config_kwargs={"overwrite": True}, subclass_mode_model=False,
                        subclass_mode_data=False, parser_kwargs={"exit_on_error": False})
     except ArgumentError as err:  # an unknown key or a value of the wrong type: one line, not the usage

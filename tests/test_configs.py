@@ -10,6 +10,7 @@ import yaml
 from conftest import ROOT
 from miri_lightning.cli import MIRICLI, read_config
 from miri_lightning.data.datamodule import MaskedImageDataModule
+from miri_lightning.errors import ConfigError
 from miri_lightning.module import MIRI
 
 CONFIGS = ROOT / "configs"
@@ -82,3 +83,12 @@ def test_read_config_states_what_the_command_line_resolves(config, stand_in_data
     stated, whole = flat(read_config(config)), resolved(config)
     stated = {key: value for key, value in stated.items() if key not in OVERRIDES}
     assert {key: whole.get(key) for key in stated} == stated
+
+
+def test_read_config_refuses_keys_above_the_file_it_names(tmp_path):
+    (tmp_path / "base.yaml").write_text("rounds:\n  steps: 7\n")
+    (tmp_path / "child.yaml").write_text("rounds.num_rounds: 3\nconfig: base.yaml\n")
+    with pytest.raises(ConfigError, match="must be the first key"):
+        read_config(tmp_path / "child.yaml")
+    (tmp_path / "child.yaml").write_text("config: base.yaml\nrounds.num_rounds: 3\n")
+    assert read_config(tmp_path / "child.yaml") == {"rounds": {"steps": 7, "num_rounds": 3}}

@@ -18,6 +18,10 @@ COMMANDS = ("compare", "rescore", "solvers")
 
 def main(argv: Optional[list[str]] = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    usage = f"usage: miri-bench {{{','.join(COMMANDS)}}} ...\n\n{__doc__}"
+    if argv[:1] in (["-h"], ["--help"]):
+        print(usage)
+        return
     if not argv or argv[0] not in COMMANDS:
-        sys.exit(f"usage: miri-bench {{{','.join(COMMANDS)}}} ...\n\n{__doc__}")
+        sys.exit(usage)
     importlib.import_module(f"{__name__}.{argv[0]}").main(argv[1:])

@@ -83,7 +83,7 @@ from miri_lightning.runs import read_rounds
 # every image (one centred box) is left out on purpose: nothing trained on the
 # incomplete data alone can learn pixels that no image shows.
 MASKS = {
-    "mcar60": (MCAR, {"missing_rate": 0.6}),
+    "mcar60": (MCAR, {"missing_rate": 0.6, "per_channel": False}),  # stated: a config's per_channel would merge in
     "mcar60c": (MCAR, {"missing_rate": 0.6, "per_channel": True}),  # CelebA's protocol: each channel on its own
     "mcar80": (MCAR, {"missing_rate": 0.8}),
     "boxes": (RandomBoxes, {"num_boxes": 1, "min_size": 0.25, "max_size": 0.5}),
@@ -150,20 +150,24 @@ def realism_overrides(args) -> list[str]:
 
 def run_miri(args, mask_name: str, seed: int, run_dir: Path) -> list[dict]:
     cls, kwargs = MASKS[mask_name]
-    mask = {"class_path": f"{cls.__module__}.{cls.__name__}", "init_args": kwargs}  # seeded by --seed_everything
+    # Every seed stated, not left to --seed_everything: a config that states one must not move MIRI's masks
+    # off the baselines'.
+    mask = {"class_path": f"{cls.__module__}.{cls.__name__}", "init_args": {**kwargs, "seed": seed}}
     source = {"class_path": "miri_lightning.data.sources.NpzImages",
               "init_args": {"path": str(Path(args.npz).resolve()), "num_images": args.num_images}}
     # The baselines' --mi-steps, --mi-seeds and all the images: MIRI's mask information reads on their scale.
     cmd = [sys.executable, "-m", "miri_lightning", "--config", str(args.config.resolve()),
            "--data.source", json.dumps(source), "--data.mask", json.dumps(mask), "--seed_everything", str(seed),
-           "--trainer.default_root_dir", str(run_dir.resolve()),
+           "--data.seed", str(seed), "--model.seed", str(seed), "--trainer.default_root_dir", str(run_dir.resolve()),
            "--logging.backend", "csv", "--trainer.enable_progress_bar", "false",
            "--rounds.metrics_max_images", str(args.num_images), "--rounds.mi_steps", str(args.mi_steps),
            "--rounds.mi_seeds", str(args.mi_seeds), *realism_overrides(args), *args.overrides]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     rounds = [measured(record, args.mi_steps) for record in read_rounds(run_dir)]
-    if args.realism_images and "fid" in rounds[-1]:  # the last round on the images the baselines are scored on
-        rounds[-1].update(fid_all=rounds[-1]["fid"], kid_all=rounds[-1]["kid"], fid_all_images=rounds[-1]["fid_images"])
+    if args.realism_images:  # every round was scored on the images the baselines are scored on
+        for r in rounds:
+            if "fid" in r:
+                r.update(fid_all=r["fid"], kid_all=r["kid"], fid_all_images=r["fid_images"])
     elapsed = 0.0
     for r in rounds:
         elapsed += r["train_seconds"] + r["impute_seconds"]
@@ -341,8 +345,11 @@ def targets_lines(per_seed: list[dict]) -> list[str]:
     return lines + [""]
 
 
-def write_table(results: dict, path: Path, reference_mmd: float, reference_realism: dict | None = None) -> None:
+def write_table(results: dict, path: Path, reference_mmd: float, reference_realism: dict | None = None,
+                realism_images: int = 0) -> None:
     lines = [f"MMD between two random halves of the true images: {reference_mmd:.3g}", ""]
+    if realism_images:
+        lines[-1:-1] = [f"FID and KID of every method on the first {realism_images} images only (--realism-images)."]
     if reference_realism:
         lines[-1:-1] = [f"FID and KID between the same two halves (the floor for two samples of one distribution "
                         f"at half the images): {reference_realism['fid']:.3g}, {reference_realism['kid']:.3g}"]
@@ -389,7 +396,8 @@ def write_plot(results: dict, path: Path, plt) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="miri-bench compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="miri-bench compare", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--npz", required=True, help=".npz with an `images` array (N,H,W[,C])")
     p.add_argument("--num-images", type=int, default=1000)
     p.add_argument("--config", type=Path, default=Path("configs/mnist_cpu.yaml"))
@@ -438,6 +446,12 @@ def run_seed(args, images: torch.Tensor, mask_name: str, seed: int, methods: lis
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # Checked before hours of baselines: what the runs need.
+    if not args.baselines_only and not args.config.is_file():
+        sys.exit(f"error: --config {args.config}: no such file (a config, e.g. configs/cifar10_cpu.yaml, "
+                 "from the repository root)")
+    if args.realism_images == 1 or args.realism_images < 0:
+        sys.exit(f"error: --realism-images must be 0 (all) or at least 2, got {args.realism_images}")
     # Checked now, not after the runs: a missing plotting library must not end hours of work in a traceback.
     plt = None if args.baselines_only else pyplot()
     if not args.baselines_only and plt is None:
@@ -461,9 +475,9 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps({"mask": mask_name, **entry})[:400], flush=True)
     with atomic_path(args.out / "results.json") as tmp:  # the runs behind it may have taken hours
         tmp.write_text(json.dumps({"truth_halves_mmd": reference_mmd, "truth_halves_realism": reference_realism,
-                                   "mi_steps": args.mi_steps,
+                                   "mi_steps": args.mi_steps, "realism_images": args.realism_images or None,
                                    "mi_seeds": args.mi_seeds, "masks": results}, indent=1))
-    write_table(results, args.out / "table.md", reference_mmd, reference_realism)
+    write_table(results, args.out / "table.md", reference_mmd, reference_realism, args.realism_images)
     print((args.out / "table.md").read_text())
     if plt is not None:
         try:
