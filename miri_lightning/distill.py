@@ -6,15 +6,18 @@
 The chain maps a round-0 fill z of an image to chain(z) = solve(v_T, ... solve(v_1, z)). A student u, the
 same U-Net, is trained on the chain's own pairs (rectified flow's reflow, regressed to a single step):
 
-    z  = round 0's fill of a collection image, with fresh randomness (so that draws still differ)
+    z  = round 0's fill of a collection image (random where the fill is: draws still differ)
     S(z, m) = z + (1 - m) * u(z, z, m, tau=0)        one Euler step of the field u: the one-pass imputation
     loss = mean over missing entries of (S(z, m) - chain(z))^2
 
 The chain is deterministic given z, so the regression has one right answer per input and nothing to
-average into a blur. S is written as a one-round chain solved by one Euler step, so `MIRIImputer` loads,
-draws and calibrates it as it does a checkpoint. Pairs are made once, a chunk of images at a time, into
-`.npy` files under `--cache` that training maps (memory stays bounded); the student's state is saved
-there every `save_every` steps: a killed distillation resumes where it stopped.
+average into a blur. The run itself made one such pair of every image, for free: it solved its last round's
+imputations from its round-0 fill (`imputations_round0.npz`), so chain(z) needs no solve there
+(`run_pairs`); further pairs from fresh fills cost the chain's T solves an image each (`pairs_per_image`).
+S is written as a one-round chain solved by one Euler step, so `MIRIImputer` loads, draws and calibrates
+it as it does a checkpoint. Pairs are written once, a chunk of images at a time, into `.npy` files under
+`--cache` that training maps (memory stays bounded); the student's state is saved there every
+`save_every` steps: a killed distillation resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -32,7 +35,10 @@ from tqdm.auto import tqdm
 
 from .seeds import BATCH_STREAM, PAIR_STREAM, seed_stream
 from .checkpoints import CHECKPOINT_DIR, read_checkpoint
+from .callbacks.rounds import IMPUTATIONS_FILE, START_IMPUTATIONS_FILE
 from .data.sources import NpzImages
+from .data.sources.base import ImageSet
+from .data.storage import chunk_rows
 from .ema import EMA
 from .errors import ConfigError, DataError, MIRIError
 from .flow import SolverConfig, missing_mse, random_window
@@ -54,10 +60,12 @@ class DistillConfig:
         batch_size: pairs a step.
         lr, warmup_steps, final_lr_ratio: AdamW's rate, its linear warm-up and its cosine's end (as `model.optimizer`).
         ema_decay: the student's weight average, which is what the file keeps.
-        pairs_per_image: fresh fills of every collection image, each run through the chain once.
+        run_pairs: learn from the run's own pair of every image (its round-0 fill and its last round's
+            imputations), which costs no solve; needs the run folder's files and its last checkpoint.
+        pairs_per_image: fresh fills of every collection image, each run through the chain once (T solves).
         train_crop: train on random windows of this side; None takes the run's `model.train_crop`, 0 whole images.
         init: `last_round` starts the student from v_T's weights (the chain's last field); `fresh` from scratch.
-        pair_batch_size: images a chain solve takes at a time while pairs are made.
+        pair_batch_size: images a chain solve takes (and a pairs file is written) at a time.
         save_every: steps between saves of the student's state (resuming after a kill).
         seed: the fills', batches' and windows' randomness.
     """
@@ -68,7 +76,8 @@ class DistillConfig:
     warmup_steps: int = 50
     final_lr_ratio: float = 0.1
     ema_decay: float = 0.99
-    pairs_per_image: int = 2
+    run_pairs: bool = True
+    pairs_per_image: int = 0
     train_crop: Optional[int] = None
     init: str = "last_round"
     pair_batch_size: int = 256
@@ -76,9 +85,12 @@ class DistillConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for key in ("steps", "batch_size", "pairs_per_image", "pair_batch_size", "save_every"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"distill.{key} must be >= 1, got {getattr(self, key)}")
+        for key, least in (("steps", 1), ("batch_size", 1), ("pairs_per_image", 0), ("pair_batch_size", 1),
+                           ("save_every", 1)):
+            if getattr(self, key) < least:
+                raise ConfigError(f"distill.{key} must be >= {least}, got {getattr(self, key)}")
+        if not self.run_pairs and not self.pairs_per_image:
+            raise ConfigError("distillation needs pairs: set distill.run_pairs true or distill.pairs_per_image >= 1")
         if self.init not in ("last_round", "fresh"):
             raise ConfigError(f"distill.init must be last_round or fresh, got {self.init!r}")
         if not 0 <= self.ema_decay < 1:
@@ -98,12 +110,8 @@ def find_inputs(run: Path, npz: Optional[Path]) -> tuple[Path, Path]:
     return ckpt, npz
 
 
-def make_pairs(chain: MIRIImputer, npz: Path, cache: Path, cfg: DistillConfig) -> tuple[list[np.ndarray], np.ndarray]:
-    """One mapped (N, 2, C, H, W) float32 array of fills and chain outputs a pass, and the (N, C, H, W) masks.
-
-    Each pass over the collection is one file, renamed into place when whole: a killed run redoes at most
-    the pass it was in.
-    """
+def load_collection(npz: Path, chain: MIRIImputer) -> ImageSet:
+    """The images and masks to distil on, checked against the chain's network."""
     collection = NpzImages(npz).load()
     if collection.own_masks is None:
         raise DataError(f"{npz} has no masks: distillation needs the collection's images and masks "
@@ -111,30 +119,75 @@ def make_pairs(chain: MIRIImputer, npz: Path, cache: Path, cfg: DistillConfig) -
     if tuple(collection.shape[1:]) != chain.image_shape:
         raise DataError(f"{npz} holds images of shape {tuple(collection.shape[1:])}, the run's network was trained "
                         f"on {chain.image_shape}")
-    n = len(collection)
+    return collection
+
+
+def make_pairs(chain: MIRIImputer, collection: ImageSet, run_dir: Path, cache: Path,
+               cfg: DistillConfig) -> list[np.ndarray]:
+    """Mapped (N, 2, C, H, W) float32 arrays of fills and chain outputs: the run's own, then a fresh pass each."""
     cache.mkdir(parents=True, exist_ok=True)
-    passes = []
-    for p in range(cfg.pairs_per_image):
-        path = cache / f"pairs{p}.npy"
-        if not path.is_file():
-            with atomic_path(path) as tmp:
-                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, 2, *chain.image_shape))
-                seed = int(torch.randint(2**31, (1,), generator=seed_stream(cfg.seed, PAIR_STREAM + p)))
-                bar = tqdm(total=n, desc=f"chain pairs, pass {p + 1} of {cfg.pairs_per_image}", unit="img",
-                           disable=None)
-                for start in range(0, n, cfg.pair_batch_size):
-                    stop = min(start + cfg.pair_batch_size, n)
-                    images, masks = collection.floats(start, stop), collection.observed(start, stop)
-                    chunk_seed = seed + start  # each chunk its own fills; reproducible chunk by chunk
-                    out[start:stop, 0] = chain.initial_fill(images, masks, chunk_seed).numpy()
-                    out[start:stop, 1] = chain.impute(images, masks, seed=chunk_seed,
-                                                      batch_size=cfg.pair_batch_size).numpy()
+    own = [run_pairs(run_dir, len(chain.round_weights), collection, cache / "pairs_run.npy", cfg.pair_batch_size)]
+    fresh = [fresh_pairs(chain, collection, cache / f"pairs{p}.npy", cfg, p) for p in range(cfg.pairs_per_image)]
+    return (own if cfg.run_pairs else []) + fresh
+
+
+def write_pairs(path: Path, shape: tuple[int, ...], rows: int, desc: str,
+                pair: Callable[[int, int], tuple]) -> np.ndarray:
+    """Fill a new (N, 2, C, H, W) file `rows` images at a time (`pair(start, stop)` gives fills and outputs) and
+    map it; renamed into place when whole, so a killed run redoes at most the file it was writing."""
+    if not path.is_file():
+        with atomic_path(path) as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(shape[0], 2, *shape[1:]))
+            with tqdm(total=shape[0], desc=desc, unit="img", disable=None) as bar:
+                for start in range(0, shape[0], rows):
+                    stop = min(start + rows, shape[0])
+                    out[start:stop, 0], out[start:stop, 1] = (x.numpy() for x in pair(start, stop))
                     bar.update(stop - start)
-                bar.close()
-                out.flush()
-                del out
-        passes.append(np.load(path, mmap_mode="r"))
-    return passes, collection.masks.numpy()
+            out.flush()
+            del out
+    return np.load(path, mmap_mode="r")
+
+
+def run_pairs(run_dir: Path, rounds: int, collection: ImageSet, path: Path, rows: int) -> np.ndarray:
+    """The run's round-0 fill and last imputations of every image: a pair of its chain's, solved by the run."""
+    start, last = (run_dir / name for name in (START_IMPUTATIONS_FILE, IMPUTATIONS_FILE))
+    for file in (start, last):
+        if not file.is_file():
+            raise DataError(f"{file} does not exist: the run's own pairs need its round-0 fill and last imputations "
+                            "(runs from before 2026-12-08 kept no round-0 fill); set distill.run_pairs false and "
+                            "distill.pairs_per_image >= 1 to solve fresh pairs instead")
+    with np.load(last) as saved:
+        saved_round = int(saved["round"]) if "round" in saved.files else None
+    if saved_round != rounds:
+        raise DataError(f"{last} holds round {saved_round}'s imputations, the checkpoint a chain of {rounds} rounds: "
+                        "distil from the run's last checkpoint, or set distill.run_pairs false")
+    begin, end = NpzImages(start).load(), NpzImages(last).load()
+    for name, other in ((start, begin), (last, end)):
+        if not same_masks(other, collection):
+            raise DataError(f"{name} and the images to distil on differ in their masks or shape: the run's own pairs "
+                            "are of its collection; set distill.run_pairs false to distil on other images")
+    return write_pairs(path, tuple(collection.shape), rows, "the run's own pairs",
+                       lambda i, j: (begin.floats(i, j), end.floats(i, j)))
+
+
+def same_masks(a: ImageSet, b: ImageSet) -> bool:
+    shape = tuple(a.shape)
+    return shape == tuple(b.shape) and all(torch.equal(a.observed(c.start, c.stop), b.observed(c.start, c.stop))
+                                           for c in chunk_rows(shape))
+
+
+def fresh_pairs(chain: MIRIImputer, collection: ImageSet, path: Path, cfg: DistillConfig, p: int) -> np.ndarray:
+    """Pass `p`: a fresh round-0 fill of every image and the chain's solve of it."""
+    seed = int(torch.randint(2**31, (1,), generator=seed_stream(cfg.seed, PAIR_STREAM + p)))
+
+    def pair(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        images, masks = collection.floats(start, stop), collection.observed(start, stop)
+        chunk_seed = seed + start  # each chunk its own fills; reproducible chunk by chunk
+        return (chain.initial_fill(images, masks, chunk_seed),
+                chain.impute(images, masks, seed=chunk_seed, batch_size=cfg.pair_batch_size))
+
+    desc = f"chain pairs, pass {p + 1} of {cfg.pairs_per_image}"
+    return write_pairs(path, tuple(collection.shape), cfg.pair_batch_size, desc, pair)
 
 
 class Student:
@@ -200,7 +253,9 @@ def distill(run: Path, out: Path, cfg: DistillConfig = DistillConfig(), npz: Opt
     crop = read_checkpoint(ckpt).get("hyper_parameters", {}).get("train_crop") if cfg.train_crop is None \
         else cfg.train_crop or None
     started = time.perf_counter()
-    pairs, masks = make_pairs(chain, npz, cache, cfg)
+    collection = load_collection(npz, chain)
+    pairs = make_pairs(chain, collection, ckpt.parent.parent, cache, cfg)
+    masks = collection.masks.numpy()
     pairs_seconds = time.perf_counter() - started
     student = Student(chain, cfg)
     state_path = cache / STATE_FILE

@@ -15,7 +15,7 @@ from miri_lightning.impute_cli import main as impute_main
 from miri_lightning.inference import MIRIImputer
 
 pytestmark = pytest.mark.slow
-FAST = DistillConfig(steps=60, batch_size=16, lr=3e-3, warmup_steps=5, pairs_per_image=2, save_every=20)
+FAST = DistillConfig(steps=60, batch_size=16, lr=3e-3, warmup_steps=5, pairs_per_image=1, save_every=20)
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +60,21 @@ def test_the_student_imputes_in_one_pass_what_the_chain_does_from_the_same_fill(
         student.impute(images, masks, steps=4)
 
 
+def test_the_runs_own_pairs_are_its_chain_solved_from_its_round_zero_fill(run, one_pass):
+    chain = MIRIImputer.load(run / "checkpoints" / "last.ckpt")
+    pairs = np.load(one_pass.with_name(one_pass.name + ".cache") / "pairs_run.npy")
+    with np.load(run / "imputations_round0.npz") as start, np.load(run / "imputations.npz") as last:
+        fill = torch.from_numpy(start["images"]).permute(0, 3, 1, 2)
+        masks = torch.from_numpy(start["masks"]).permute(0, 3, 1, 2).bool()
+        assert int(start["round"]) == 0 and np.array_equal(start["masks"], last["masks"])
+    assert torch.equal(torch.from_numpy(pairs[:, 0]), fill)
+    # Replaying v_1 ... v_T on the saved fill gives the saved last round: the pair is the chain's, unsolved here.
+    chain.initial_fill = lambda images, masks, seed: fill  # start from the run's own round 0
+    replayed = chain.impute(fill, masks)
+    torch.testing.assert_close(torch.from_numpy(pairs[:, 1]), replayed, atol=1e-5, rtol=0)
+    assert not torch.allclose(fill, replayed)
+
+
 def test_a_killed_distillation_resumes_to_the_uninterrupted_result(run, one_pass, tmp_path, monkeypatch):
     step = Student.train_step
 
@@ -99,6 +114,15 @@ def test_miri_impute_takes_the_one_pass_file_with_draws_and_their_mean(one_pass,
 def test_bad_settings_and_inputs_are_named(run, tmp_path, capsys):
     with pytest.raises(ConfigError, match="distill.steps must be >= 1"):
         DistillConfig(steps=0)
+    with pytest.raises(ConfigError, match="needs pairs: set distill.run_pairs true or distill.pairs_per_image"):
+        DistillConfig(run_pairs=False, pairs_per_image=0)
+    with pytest.raises(SystemExit, match="round 2's imputations, the checkpoint a chain of 1 rounds"):
+        distill_main([str(run / "checkpoints" / "round001.ckpt"), "--out", str(tmp_path / "x.pt")])
+    older = tmp_path / "older_run"
+    shutil.copytree(run, older)
+    (older / "imputations_round0.npz").unlink()  # a run from before round 0's fill was kept
+    with pytest.raises(SystemExit, match="imputations_round0.npz does not exist: .* distill.pairs_per_image >= 1"):
+        distill_main([str(older), "--out", str(tmp_path / "x.pt")])
     empty = tmp_path / "empty_run"
     (empty / "checkpoints").mkdir(parents=True)
     shutil.copy(run / "checkpoints" / "last.ckpt", empty / "checkpoints" / "last.ckpt")  # a run without its images

@@ -35,6 +35,9 @@ from ..realism import INSTALL_HINT, Realism, load_inception
 
 ROUNDS_FILE, IMPUTATIONS_FILE, GRIDS_DIR = "rounds.jsonl", "imputations.npz", "grids"
 BEST_IMPUTATIONS_FILE = "imputations_best.npz"  # the round with the least mask information so far
+# Round 0's fill, kept: the chain solved the last round's imputations from exactly it, so the two are a pair
+# of the chain's that miri-distill learns from without solving anything.
+START_IMPUTATIONS_FILE = "imputations_round0.npz"
 OnWorse = Literal["warn", "retry", "stop"]
 # A held-out loss this many times the round's best is a spike, not a plateau: such a round has not
 # converged and trains on (a CelebA round whose loss jumped tenfold was ended as converged).
@@ -339,8 +342,9 @@ class MIRIRounds(Callback):
         run_dir = Path(trainer.default_root_dir)
         record = {"round": dm.round, **metrics, "best_round": self.best["round"], **extra}
         save_imputations(run_dir / IMPUTATIONS_FILE, dm.imputations, dm.masks, round=dm.round)
-        if new_best:
-            publish_copy(run_dir / IMPUTATIONS_FILE, run_dir / BEST_IMPUTATIONS_FILE)
+        for copy, wanted in ((BEST_IMPUTATIONS_FILE, new_best), (START_IMPUTATIONS_FILE, dm.round == 0)):
+            if wanted:
+                publish_copy(run_dir / IMPUTATIONS_FILE, run_dir / copy)
         k = self.grid_images
         grid = imputation_grid(dm.imputations[:k], dm.masks[:k], dm.true_images(k),
                                self._draws(pl_module, dm, k))
