@@ -16,6 +16,7 @@ from .errors import ConfigError
 from .flow import SolverConfig, derangement, heldout_loss, missing_mse, random_window, solve_batches, training_pair
 from .models.unet import UNetConfig, VelocityUNet, check_train_crop
 from .optim import OptimizerConfig, adamw, restart, warmup_cosine
+from .seeds import given_seed
 from .step_guard import StepGuard
 
 # torch.compile's modes (`model.compile`; the first steps and solves then take a while to compile, and on a
@@ -82,7 +83,7 @@ class MIRI(LightningModule):
         self.save_hyperparameters(
             {"net": asdict(self.net_config), "optimizer": asdict(self.optimizer_config),
              "solver": asdict(self.solver), "ema_decay": ema_decay, "max_bad_steps": max_bad_steps,
-             "train_crop": train_crop, "channels_last": channels_last, "compile": compile, "seed": seed or 0,
+             "train_crop": train_crop, "channels_last": channels_last, "compile": compile, "seed": given_seed("model.seed", seed),
              "image_shape": image_shape, "loss_entries": loss_entries}
         )
         self.guard = StepGuard(max_bad_steps)

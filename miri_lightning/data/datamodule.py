@@ -19,6 +19,7 @@ from ..blocks import ObservedMean
 from ..checkpoints import DATA_STATE_MARK
 from ..fills import InitFill, RoundZeroFill
 from ..errors import ConfigError, DataError
+from ..seeds import given_seed
 from .batches import ImputationBatches, IndexBatches, RoundSampler, whole_batch
 from .checks import check_collection
 from .masks import MCAR, MaskMechanism
@@ -136,7 +137,7 @@ class MaskedImageDataModule(LightningDataModule):
         self.fill_noise, self.fill_noise_scale = fill_noise, fill_noise_scale
         self.val_fraction = val_fraction
         self.batches_per_epoch: Optional[int] = None
-        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed or 0
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, given_seed("data.seed", seed)
         self.state, self.state_dir, self.on_device = state, state_dir, on_device
         self.resident: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (imputations, masks) on the device
         self.store: Optional[MemmapStore] = None  # set when the state is memory-mapped

@@ -10,6 +10,7 @@ import torch
 
 from miri_lightning.data.checks import first_index
 from miri_lightning.errors import ConfigError, DataError
+from miri_lightning.seeds import given_seed
 
 # Passes over a collection's images, float32 (n, C, H, W) chunks in order: each call starts a new pass.
 Chunks = Callable[[], Iterable[torch.Tensor]]
@@ -55,11 +56,7 @@ def check_count(owner: str, name: str, value: int) -> None:
 
 
 def check_seed(owner: str, seed: Optional[int]) -> int:
-    """The mechanism's seed: unset (None), 0; train.py sets it to `seed_everything`'s first (`cli.fill_seeds`)."""
-    if seed is None:
-        return 0
-    require(isinstance(seed, int) and not isinstance(seed, bool), owner, "seed", "an integer", seed)
-    return seed
+    return given_seed(f"data.mask.seed ({owner})", seed)
 
 
 def check_strength(owner: str, value: float) -> None:
