@@ -20,8 +20,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from .errors import DataError, TrainingError
 from .io import atomic_path
 
-# Bump when the contents of checkpoint["miri"] or the datamodule's state change meaning.
-CHECKPOINT_FORMAT = 1
+# Bump when the contents of checkpoint["miri"] or the datamodule's state change meaning. Format 2: rounds are
+# counted in steps. Format 1 files marked `epoch_is_round` hold the same and resume; unmarked ones counted a
+# round in epochs and are read for imputing only.
+CHECKPOINT_FORMAT = 2
+READABLE_FORMATS = (1, 2)
 # Where train.py keeps a run's checkpoints, and the ModelCheckpoint filename of a round's (`checkpoint.dirpath`
 # and `checkpoint.filename` by default): RUN/checkpoints/round001.ckpt, round002.ckpt, ... and last.ckpt.
 CHECKPOINT_DIR = "checkpoints"
@@ -85,9 +88,9 @@ def miri_state(data: dict, path: str | os.PathLike) -> dict:
         raise DataError(f"{path} is not a miri-lightning checkpoint: a Lightning checkpoint of another program "
                         "(no MIRI state in it)")
     found = state.get("format", 1)  # checkpoints from before the format was recorded have format 1's layout
-    if found != CHECKPOINT_FORMAT:
+    if found not in READABLE_FORMATS:
         raise DataError(f"{path} is miri-lightning checkpoint format {found}; this version of miri-lightning "
-                        f"reads format {CHECKPOINT_FORMAT}")
+                        f"reads formats {' and '.join(map(str, READABLE_FORMATS))}")
     return state
 
 
@@ -107,7 +110,8 @@ def check_resume(path: str | os.PathLike, net: dict) -> None:
     The file is memory-mapped, so the check reads little of a large checkpoint.
     """
     data = read_checkpoint(path, mmap=True)
-    if not miri_state(data, path).get("epoch_is_round"):
+    state = miri_state(data, path)
+    if state.get("format", 1) == 1 and not state.get("epoch_is_round"):
         # Its epoch counter counts epochs of epoch-counted rounds: resumed here it would run the wrong rounds.
         raise DataError(f"{path} was written when a round was counted in epochs (rounds.epochs_per_round); this "
                         "version counts a round in steps and cannot resume it: start afresh (new images can still "

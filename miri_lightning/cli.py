@@ -175,6 +175,8 @@ class MIRICLI(LightningCLI):
         parser.set_defaults({
             "trainer.default_root_dir": "checkpoints/miri",
             "trainer.num_sanity_val_steps": 0,
+            # The rounds set how long the run trains (MIRIRounds.setup): no epoch limit of Lightning's.
+            "trainer.max_epochs": -1,
             "checkpoint.filename": ROUND_FILENAME,
             "checkpoint.auto_insert_metric_name": False,
             "checkpoint.save_top_k": -1,
@@ -185,9 +187,6 @@ class MIRICLI(LightningCLI):
             "checkpoint.every_n_epochs": 1,
             "checkpoint.save_on_train_epoch_end": True,
         })
-        # An epoch is a round's training (rounds.steps optimiser steps at most), so the rounds set the epochs.
-        parser.link_arguments(("rounds.num_rounds", "rounds.on_worse", "rounds.max_retries"), "trainer.max_epochs",
-                              compute_fn=MIRIRounds.epochs_needed)
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath",
                               compute_fn=lambda run_dir: str(Path(run_dir) / CHECKPOINT_DIR))
 

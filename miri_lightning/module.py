@@ -92,7 +92,7 @@ class MIRI(LightningModule):
         self.round_weights: list[dict[str, torch.Tensor]] = []  # EMA weights of rounds 1..T, on the CPU
         self.round_start_step = 0  # the optimiser's last restart, where its warm-up starts
         self.solve_fits = 2**62  # the largest solve batch known to fit in device memory
-        self.round_converged = False  # set by MIRIRounds: end this round's training now
+        self._training_over = False  # end_round_training was called this epoch
         if image_shape is not None:
             self._build(tuple(image_shape))
 
@@ -145,7 +145,13 @@ class MIRI(LightningModule):
 
     # -- training ---------------------------------------------------------
 
+    def end_round_training(self) -> None:
+        """Skip the rest of this epoch, the round's training (MIRIRounds, once it has converged): Lightning
+        ends an epoch early only when the module's `on_train_batch_start` returns -1."""
+        self._training_over = True
+
     def on_train_epoch_start(self) -> None:
+        self._training_over = False
         # A generator of our own: no other code's use of the global RNG can shift these draws, and they depend only
         # on (seed, epoch, rank), so a resumed run draws what an uninterrupted one would. (Dropout, off by
         # default, draws from the global RNG and is not replayed exactly.)
@@ -154,8 +160,7 @@ class MIRI(LightningModule):
         self.windows = torch.Generator().manual_seed(seed)  # train_crop's corners
 
     def on_train_batch_start(self, batch, batch_idx):
-        # An epoch is a round's training: -1 ends it early, once MIRIRounds finds the velocity converged.
-        return -1 if self.round_converged else None
+        return -1 if self._training_over else None
 
     def training_step(self, batch, batch_idx):
         _, x0, m = batch
@@ -236,9 +241,8 @@ class MIRI(LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         check_finite_weights(checkpoint["state_dict"])
-        # epoch_is_round: one epoch trains one round (rounds.steps); older files counted rounds in epochs.
         checkpoint["miri"] = {"format": CHECKPOINT_FORMAT, "round_weights": self.round_weights,
-                              "round_start_step": self.round_start_step, "epoch_is_round": True}
+                              "round_start_step": self.round_start_step}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("miri", {})

@@ -1,5 +1,6 @@
 """The incomplete collection: initial fill, batches, shared state across workers, checkpoint state."""
 
+import itertools
 import logging
 
 import numpy as np
@@ -74,10 +75,15 @@ def test_same_seed_same_collection():
     assert not torch.equal(a.imputations, make_dm(seed=9).imputations)
 
 
+def one_pass(loader):
+    """The batches of one pass over the training images (the loader is endless: a round takes what it trains)."""
+    return itertools.islice(loader, len(loader.sampler.pool) // loader.batch_size)
+
+
 def test_batches_are_index_imputation_mask_and_cover_the_collection():
     dm = make_dm()
     seen = []
-    for idx, x, m in dm.train_dataloader():
+    for idx, x, m in one_pass(dm.train_dataloader()):
         assert torch.equal(x, dm.imputations[idx]) and torch.equal(m, dm.masks[idx])
         seen += idx.tolist()
     assert sorted(seen) == list(range(24))
@@ -86,22 +92,22 @@ def test_batches_are_index_imputation_mask_and_cover_the_collection():
 def test_batch_order_depends_only_on_seed_and_epoch():
     loader = make_dm().train_dataloader()
     loader.sampler.set_epoch(3)
-    first = torch.cat([idx for idx, _, _ in loader])
+    first = torch.cat([idx for idx, _, _ in one_pass(loader)])
     loader.sampler.set_epoch(4)
-    other = torch.cat([idx for idx, _, _ in loader])
+    other = torch.cat([idx for idx, _, _ in one_pass(loader)])
     fresh = make_dm().train_dataloader()
     fresh.sampler.set_epoch(3)
-    assert torch.equal(first, torch.cat([idx for idx, _, _ in fresh]))
+    assert torch.equal(first, torch.cat([idx for idx, _, _ in one_pass(fresh)]))
     assert not torch.equal(first, other)
 
 
 def test_workers_see_the_new_rounds_imputations():
     dm = make_dm(num_workers=1)
     loader = dm.train_dataloader()
-    for _ in loader:  # start the persistent worker on round 0's state
+    for _ in one_pass(loader):  # start the persistent worker on round 0's state
         pass
     new = advance(dm, 0.25)
-    for idx, x, m in loader:
+    for idx, x, m in one_pass(loader):
         assert torch.equal(x, new[idx])
 
 
@@ -174,10 +180,10 @@ def test_memmap_state_lives_in_one_file_per_round_and_checkpoints_name_it(tmp_pa
 def test_memmap_workers_see_the_new_rounds_file(tmp_path):
     dm = make_dm(state="memmap", state_dir=str(tmp_path), num_workers=1)
     loader = dm.train_dataloader()
-    for _ in loader:
+    for _ in one_pass(loader):
         pass
     new = advance(dm, 0.75)
-    for idx, x, m in loader:
+    for idx, x, m in one_pass(loader):
         assert torch.equal(x, new[idx])
 
 

@@ -327,11 +327,11 @@ BAD_CHECKPOINTS = {
     "other_program": (lambda ref, tmp: edited(ref, tmp, lambda d: d.pop("miri")),
                       "is not a miri-lightning checkpoint: a Lightning checkpoint of another program", True),
     "other_format": (lambda ref, tmp: edited(ref, tmp, lambda d: d["miri"].update(format=99)),
-                     f"is miri-lightning checkpoint format 99; this version of miri-lightning reads format "
-                     f"{CHECKPOINT_FORMAT}", True),
+                     "is miri-lightning checkpoint format 99; this version of miri-lightning reads formats 1 "
+                     f"and {CHECKPOINT_FORMAT}", True),
     "other_network": (lambda ref, tmp: edited(ref, tmp, lambda d: d["hyper_parameters"]["net"].update(width=16)),
                       "holds a network with model.net", True),
-    "epoch_counted_rounds": (lambda ref, tmp: edited(ref, tmp, lambda d: d["miri"].pop("epoch_is_round")),
+    "epoch_counted_rounds": (lambda ref, tmp: edited(ref, tmp, lambda d: d["miri"].update(format=1)),
                              "was written when a round was counted in epochs", True),
     "rounds_disagree": (lambda ref, tmp: edited(ref, tmp, lambda d: d["miri"]["round_weights"].pop()),
                         "holds the weights of 1 rounds, but its imputations are those of round 2", True),
@@ -355,8 +355,10 @@ def test_checkpoints_record_their_format_and_load_without_pickled_code(reference
 
 
 @pytest.mark.slow
-def test_a_checkpoint_from_before_the_format_was_recorded_resumes_to_the_uninterrupted_result(reference, tmp_path):
-    path = edited(reference, tmp_path, lambda d: d["miri"].pop("format"), name="round001.ckpt")
+def test_a_format_1_checkpoint_of_step_counted_rounds_resumes_to_the_uninterrupted_result(reference, tmp_path):
+    # What train.py wrote until 2026-12-08: format 1 (or no format recorded), marked as counting rounds in steps.
+    path = edited(reference, tmp_path, lambda d: (d["miri"].pop("format"), d["miri"].update(epoch_is_round=True)),
+                  name="round001.ckpt")
     run = run_cli(tmp_path / "run", *ARGS, "--ckpt_path", str(path))
     assert [r["round"] for r in read_rounds(run)] == [2]  # round 2 was trained and solved after the resume
     assert_same_result(run, reference, rounds=(2,))

@@ -14,7 +14,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import ROOT, TINY, TWO_ROUNDS, HostReads, read_imputations, read_rounds, run_cli
-from miri_lightning.cli import MIRICLI, build_cli
+from miri_lightning.cli import MIRICLI, build_cli, main
 from miri_lightning.data.datamodule import MaskedImageDataModule
 from miri_lightning.data.masks import MCAR
 from miri_lightning.data.sources import Shapes
@@ -140,13 +140,11 @@ def test_tensorboard_backend_logs_each_rounds_grid_as_written_to_disk(tmp_path):
         assert np.abs(pixels - on_disk).max() <= 1  # TensorBoard truncates to 8 bits, the PNG file rounds
 
 
-@pytest.mark.parametrize("rounds, expected", [
-    (["--rounds.num_rounds", "3"], 3),
-    (["--rounds.num_rounds", "3", "--rounds.on_worse", "retry", "--rounds.max_retries", "2"], 9),
-])
-def test_an_epoch_is_a_round_so_the_rounds_set_max_epochs(rounds, expected, tmp_path):
-    cli = build_cli([*TINY, "--trainer.default_root_dir", str(tmp_path), *rounds])
-    assert cli.trainer.max_epochs == expected  # a round, and one more epoch for each retry it may take
+@pytest.mark.parametrize("limit", [["--trainer.max_epochs", "3"], ["--trainer.max_steps", "100"]])
+def test_the_rounds_alone_set_how_long_a_run_trains(limit, tmp_path):
+    with pytest.raises(SystemExit, match="the rounds set how long a run trains"):
+        main([*TINY, "--trainer.default_root_dir", str(tmp_path), *limit])
+    assert not (tmp_path / "rounds.jsonl").exists()
 
 
 def masks_of(cli) -> torch.Tensor:
@@ -187,7 +185,7 @@ def test_every_config_parses_and_builds(config, tmp_path, monkeypatch):
                   args=["--config", str(config), "--trainer.default_root_dir", str(tmp_path),
                         "--logging.backend", "csv", "--trainer.accelerator", "cpu"])
     assert isinstance(cli.model, MIRI) and isinstance(cli.datamodule, MaskedImageDataModule)
-    assert cli.trainer.max_epochs >= cli.config.rounds.num_rounds
+    assert cli.trainer.max_epochs == -1 and cli.trainer.max_steps == -1  # the rounds set them (MIRIRounds.setup)
 
 
 @pytest.mark.slow

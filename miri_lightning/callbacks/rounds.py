@@ -1,8 +1,10 @@
 """MIRI's outer loop: a Lightning epoch trains one round's velocity; its end re-imputes.
 
-A round trains for `rounds.steps` optimiser steps, whatever the collection's
-size, or fewer once the flow-matching loss of held-out images stops falling.
-Ending round t: re-impute the whole collection with v_t (each rank its own
+The loop asks Lightning for a round's training as an epoch of `rounds.steps` optimiser steps
+(`trainer.limit_train_batches`), whatever the collection's size, and ends it sooner once the
+flow-matching loss of held-out images stops falling (`MIRI.end_round_training`: Lightning ends an
+epoch early only from the module). The run's length is the rounds': the loop stops Lightning after
+the last one. Ending round t: re-impute the whole collection with v_t (each rank its own
 shard, gathered so that every rank holds the same copy), score the new
 imputations' mask information against the previous round's, and, unless a
 worse round is retried, replace x_hat, keep v_t's weights, log metrics and a
@@ -125,7 +127,7 @@ class MIRIRounds(Callback):
     """Runs MIRI's rounds: each Lightning epoch trains one round's velocity field, then re-imputes.
 
     Args:
-        num_rounds: rounds of the run (`trainer.max_epochs` follows from it).
+        num_rounds: rounds of the run (with their retries, they set how long Lightning trains).
         steps: optimiser steps of a round's training, at most; the same at
             every collection size (a pass over the data is not a unit here).
         min_steps: a round may end after this many steps, once the held-out
@@ -197,22 +199,25 @@ class MIRIRounds(Callback):
         self.best: Optional[dict] = None
         self.retries = 0
 
-    @staticmethod
-    def epochs_needed(num_rounds: int, on_worse: OnWorse, max_retries: int) -> int:
-        """`trainer.max_epochs` for these settings: an epoch a round, and one per possible retry."""
-        return num_rounds * (1 + (max_retries if on_worse == "retry" else 0))
+    def trainings(self) -> int:
+        """The most round trainings (epochs) the run can take: one a round, and one more for every retry it may
+        make. Lightning's epoch limit, and so the span of the learning rate's cosine (`optim.warmup_cosine`)."""
+        return self.num_rounds * (1 + (self.max_retries if self.on_worse == "retry" else 0))
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if not isinstance(trainer.datamodule, MaskedImageDataModule):
             raise ConfigError("MIRIRounds needs the data to come from a MaskedImageDataModule")
-        needed = self.epochs_needed(self.num_rounds, self.on_worse, self.max_retries)
-        if trainer.max_epochs is None or 0 <= trainer.max_epochs < needed:
-            raise ConfigError(f"trainer.max_epochs ({trainer.max_epochs}) must be at least {needed}: an epoch is "
-                              "a round, plus one for every retry rounds.on_worse may make")
+        if trainer.max_epochs != -1 or trainer.max_steps != -1:
+            raise ConfigError(f"the rounds set how long a run trains (rounds.num_rounds, rounds.steps): leave "
+                              f"trainer.max_epochs at -1 and trainer.max_steps unset, not {trainer.max_epochs} and "
+                              f"{trainer.max_steps}")
         if self.min_steps < self.steps and not trainer.datamodule.val_fraction:
             raise ConfigError(f"rounds.min_steps ({self.min_steps}) below rounds.steps ({self.steps}) ends rounds "
                               "by a held-out loss: set data.val_fraction (e.g. 0.05) to hold images out")
-        trainer.datamodule.batches_per_epoch = self.steps * trainer.accumulate_grad_batches
+        # A round's training is one epoch of the endless training loader; a retry is one more. (Not a step
+        # limit: with one, Lightning resumes every checkpoint as if it had been written mid-epoch.)
+        trainer.limit_train_batches = self.steps * trainer.accumulate_grad_batches
+        trainer.fit_loop.max_epochs = self.trainings()
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # The round is the datamodule's (restored by now); the weights replayed for new images are one set a round.
@@ -231,7 +236,6 @@ class MIRIRounds(Callback):
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if pl_module.device.type == "cuda" and not self.train_images:
             torch.cuda.reset_peak_memory_stats(pl_module.device)
-        pl_module.round_converged = False
         self._epoch_start_step, self._checked = trainer.global_step, 0
         self._convergence = Convergence(self.min_steps, self.patience, self.min_improvement)
         self._epoch_start = clock(pl_module.device)
@@ -249,7 +253,8 @@ class MIRIRounds(Callback):
                 logger.log_metrics({"val/loss": loss}, step=trainer.global_step)
         converged = self._convergence.update(steps, loss)
         # Every rank must end the epoch at the same step (they compute the same loss; this makes sure).
-        pl_module.round_converged = trainer.strategy.reduce_boolean_decision(converged, all=False)
+        if trainer.strategy.reduce_boolean_decision(converged, all=False):
+            pl_module.end_round_training()
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         seconds = clock(pl_module.device) - self._epoch_start

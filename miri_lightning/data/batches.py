@@ -3,7 +3,7 @@ sampler draws them."""
 
 from __future__ import annotations
 
-from typing import Optional
+import itertools
 
 import torch
 from torch.utils.data import Dataset, DistributedSampler
@@ -48,33 +48,33 @@ class IndexBatches(Dataset):
 
 
 class RoundSampler(DistributedSampler):
-    """This rank's training indices for one epoch: `num_batches` batches drawn from `pool`.
+    """This rank's share of an endless stream of training indices, drawn from `pool`.
 
     The stream is a concatenation of shuffles of `pool`, each seeded by
-    (seed, epoch, pass), split between ranks by position; so an epoch holds
-    as many optimiser steps as asked, whatever the collection's size, every
-    image comes round once before any comes round twice, and a resumed run
-    draws what an uninterrupted one would. `num_batches=None`: one pass.
+    (seed, epoch, pass), split between ranks by position. A round's training
+    is an epoch of it, as many batches as the round's optimiser steps ask
+    (`MIRIRounds` sets `trainer.limit_train_batches`), whatever the
+    collection's size; every image comes round once before any comes round
+    twice, and a resumed run draws what an uninterrupted one would.
     (A DistributedSampler, so that Lightning calls `set_epoch` and leaves it as it is.)
     """
 
-    def __init__(self, pool: torch.Tensor, batch_size: int, num_batches: Optional[int], world: int, rank: int,
-                 seed: int):
+    ENDLESS = 2**40  # the length it reports: more indices than any epoch takes
+
+    def __init__(self, pool: torch.Tensor, world: int, rank: int, seed: int):
         super().__init__(pool, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
-        self.pool, self.batch_size = pool, batch_size
-        self.num_batches = len(pool) // (batch_size * world) if num_batches is None else num_batches
+        self.pool = pool
 
     def __len__(self) -> int:
-        return self.num_batches * self.batch_size
+        return self.ENDLESS
 
     def __iter__(self):
-        needed = len(self) * self.num_replicas
-        passes = []
-        for k in range(-(-needed // len(self.pool))):
+        position = 0  # of the pass's first index in the whole stream, which the ranks share out by position
+        for k in itertools.count():
             generator = torch.Generator().manual_seed(self.seed + 1_000_003 * self.epoch + 7919 * k)
-            passes.append(self.pool[torch.randperm(len(self.pool), generator=generator)])
-        stream = torch.cat(passes)[:needed]
-        return iter(stream[self.rank::self.num_replicas].tolist())
+            shuffled = self.pool[torch.randperm(len(self.pool), generator=generator)]
+            yield from shuffled[(self.rank - position) % self.num_replicas::self.num_replicas].tolist()
+            position += len(self.pool)
 
 
 def whole_batch(batch):

@@ -70,9 +70,9 @@ class MaskedImageDataModule(LightningDataModule):
             reads, drawn afresh for every fill (1: all, a deterministic fill).
             Below 1, an image's draws differ most where its observed
             neighbours disagree.
-        batch_size: training images per step on each device. An epoch is one
-            round's training: `batches_per_epoch` batches (set by MIRIRounds
-            from `rounds.steps`; one pass over the training images when unset).
+        batch_size: training images per step on each device. The training
+            loader is endless: an epoch (a round's training) takes the batches
+            that `MIRIRounds` asks Lightning for (`trainer.limit_train_batches`).
         num_workers: DataLoader worker processes.
         seed: seed of the initial fill and of the batch order; unset, `seed_everything`'s under train.py, else 0.
         state: where the imputations and ground truth live: `memory` (shared
@@ -136,7 +136,6 @@ class MaskedImageDataModule(LightningDataModule):
         self.init_fill, self.fill_sigma, self.fill_keep = init_fill, fill_sigma, fill_keep
         self.fill_noise, self.fill_noise_scale = fill_noise, fill_noise_scale
         self.val_fraction = val_fraction
-        self.batches_per_epoch: Optional[int] = None
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, given_seed("data.seed", seed)
         self.state, self.state_dir, self.on_device = state, state_dir, on_device
         self.resident: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # (imputations, masks) on the device
@@ -337,7 +336,7 @@ class MaskedImageDataModule(LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=RoundSampler(self.train_indices, self.batch_size, self.batches_per_epoch, world, rank, self.seed),
+            sampler=RoundSampler(self.train_indices, world, rank, self.seed),
             collate_fn=whole_batch,
             drop_last=True,
             num_workers=workers,
