@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from .seeds import BATCH_STREAM, PAIR_STREAM, seed_stream
 from .checkpoints import CHECKPOINT_DIR, read_checkpoint
-from .callbacks.rounds import IMPUTATIONS_FILE, START_IMPUTATIONS_FILE
+from .callbacks.reporting import IMPUTATIONS_FILE, START_IMPUTATIONS_FILE
 from .data.sources import NpzImages
 from .data.sources.base import ImageSet
 from .data.storage import chunk_rows

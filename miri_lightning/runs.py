@@ -21,7 +21,7 @@ from typing import Optional
 
 import torch
 
-from .callbacks.rounds import ROUNDS_FILE
+from .callbacks.reporting import ROUNDS_FILE
 from .checkpoints import DATA_STATE_MARK, data_state, read_checkpoint, run_checkpoint
 from .cli import build_cli
 from .data.datamodule import MaskedImageDataModule

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-import miri_lightning.callbacks.rounds as rounds_module
+import miri_lightning.callbacks.scoring as scoring_module
 from conftest import SHARED_DATA, read_imputations, read_rounds, run_cli, stand_in
 from miri_lightning.data.sources import Shapes
 from miri_lightning.realism import Realism, fid_kid, inception_path, load_inception
@@ -68,7 +68,7 @@ def test_realism_scores_prefixes_with_the_truth_s_features_computed_once():
 
 @pytest.mark.slow
 def test_rounds_log_fid_and_kid_on_a_fixed_subset_and_on_all_images_at_the_end(tmp_path, monkeypatch):
-    monkeypatch.setattr(rounds_module, "load_inception", lambda device: stand_in())
+    monkeypatch.setattr(scoring_module, "load_inception", lambda device: stand_in())
     run = run_cli(tmp_path, "--rounds.num_rounds", "2", "--rounds.steps", "3", "--rounds.fid_images", "24")
     records = read_rounds(run)
     assert [r["fid_images"] for r in records] == [24, 24, 24]
@@ -84,7 +84,7 @@ def test_rounds_log_fid_and_kid_on_a_fixed_subset_and_on_all_images_at_the_end(t
 
 
 def test_a_run_without_the_extra_says_how_to_get_it_and_goes_on(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(rounds_module, "load_inception", lambda device: None)
+    monkeypatch.setattr(scoring_module, "load_inception", lambda device: None)
     with caplog.at_level("INFO"):
         run = run_cli(tmp_path, "--rounds.num_rounds", "1", "--rounds.steps", "2", "--rounds.fid_images", "24",
                       "--rounds.mi_steps", "0")

@@ -68,7 +68,7 @@ from pathlib import Path
 import torch
 
 from miri_lightning.baselines import interpolation_fill, knn_fill, mean_fill, noise_fill
-from miri_lightning.callbacks.rounds import GRIDS_DIR
+from miri_lightning.callbacks.reporting import GRIDS_DIR
 from miri_lightning.checkpoints import run_checkpoint
 from miri_lightning.data.masks import MCAR, RandomBoxes, Strokes
 from miri_lightning.data.sources import NpzImages

@@ -19,27 +19,19 @@ import math
 import resource
 import time
 from pathlib import Path
-
-import torch
 from typing import Literal, Optional
 
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 
 from ..data.datamodule import MaskedImageDataModule
 from ..errors import ConfigError, DataError
-from ..grids import imputation_grid, log_grid
-from ..inference import MIRIImputer
-from ..io import publish_copy, save_imputations, save_png, write_round_record
-from ..metrics import MI_STEPS, collection_metrics, information_rose
-from ..realism import INSTALL_HINT, Realism, load_inception
+from ..metrics import MI_STEPS, information_rose
+from .reporting import RoundReport
+from .scoring import RoundScorer
 
-ROUNDS_FILE, IMPUTATIONS_FILE, GRIDS_DIR = "rounds.jsonl", "imputations.npz", "grids"
-BEST_IMPUTATIONS_FILE = "imputations_best.npz"  # the round with the least mask information so far
-# Round 0's fill, kept: the chain solved the last round's imputations from exactly it, so the two are a pair
-# of the chain's that miri-distill learns from without solving anything.
-START_IMPUTATIONS_FILE = "imputations_round0.npz"
 OnWorse = Literal["warn", "retry", "stop"]
 # A held-out loss this many times the round's best is a spike, not a plateau: such a round has not
 # converged and trains on (a CelebA round whose loss jumped tenfold was ended as converged).
@@ -186,12 +178,10 @@ class MIRIRounds(Callback):
             raise ConfigError(f"rounds.min_steps must be between 1 and rounds.steps ({steps}), got {min_steps}")
         self.num_rounds, self.steps, self.min_steps = num_rounds, steps, steps if min_steps is None else min_steps
         self.val_every_n_steps, self.patience, self.min_improvement = val_every_n_steps, patience, min_improvement
-        self.on_worse, self.max_retries, self.mi_seeds = on_worse, max_retries, mi_seeds
-        self.reinit_each_round, self.solve_batch_size, self.grid_images = reinit_each_round, solve_batch_size, grid_images
-        self.grid_draws = grid_draws
-        self.metrics_max_images, self.mi_steps = metrics_max_images, mi_steps
-        self.fid_images, self.fid_all = min(fid_images, metrics_max_images), fid_all
-        self.realism: Optional[Realism] = None  # built at the first round's scoring (it loads InceptionV3)
+        self.on_worse, self.max_retries = on_worse, max_retries
+        self.reinit_each_round, self.solve_batch_size, self.mi_steps = reinit_each_round, solve_batch_size, mi_steps
+        self.score = RoundScorer(metrics_max_images, mi_steps, mi_seeds, fid_images, fid_all)
+        self.report = RoundReport(grid_images, grid_draws)
         self.train_seconds, self.train_images, self.fastest_epoch = 0.0, 0, math.inf
         self.round_steps, self.val_curve, self.discarded = 0, [], []
         # Kept in checkpoints: the last accepted round's mask information, the best round, this round's retries.
@@ -226,8 +216,8 @@ class MIRIRounds(Callback):
             raise DataError(f"{trainer.ckpt_path} holds the weights of {kept} rounds, but its imputations are those "
                             f"of round {done}: it was not written by miri-lightning at a round's end, or was edited")
         if trainer.datamodule.round == 0 and trainer.current_epoch == 0:
-            self._report(trainer, pl_module, self._score(trainer, trainer.datamodule.imputations, last=False),
-                         {"train_seconds": 0.0, "impute_seconds": 0.0})
+            self._keep(trainer, pl_module, self._score(trainer, trainer.datamodule.imputations, last=False),
+                       {"train_seconds": 0.0, "impute_seconds": 0.0})
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.datamodule.round >= self.num_rounds:  # a finished run resumed: nothing left to do
@@ -295,79 +285,33 @@ class MIRIRounds(Callback):
         self.train_seconds, self.train_images, self.fastest_epoch = 0.0, 0, math.inf
         self.round_steps, self.val_curve, self.retries, self.discarded = 0, [], 0, []
         pl_module.log("round", float(dm.round), on_step=False, on_epoch=True, sync_dist=True)
-        self._report(trainer, pl_module, metrics, {**timing, **rounds})
+        self._keep(trainer, pl_module, metrics, {**timing, **rounds})
         if dm.round >= self.num_rounds or decision == "stop":
             trainer.should_stop = True
         else:
             pl_module.start_round(dm.round + 1, fresh=self.reinit_each_round)
 
     def _score(self, trainer: Trainer, imputations: Optional[torch.Tensor], last: bool) -> Optional[dict]:
-        """Metrics of a round's imputations (rank 0 only, None elsewhere: no collectives in here); FID and KID
-        on the fixed subset, and on all the metrics' images as well when the round is the run's `last`."""
+        """The scores of a round's imputations on rank 0; None elsewhere."""
         if not trainer.is_global_zero:
             return None
         dm = trainer.datamodule
-        k = self.metrics_max_images
-        truth = dm.true_images(k)
-        metrics = collection_metrics(imputations, dm.masks, truth, k, self.mi_steps, self.mi_seeds)
-        if truth is None or self.fid_images < 2 or not self._realism_ready(trainer, truth):
-            return metrics
-        start = time.perf_counter()
-        subset = min(self.fid_images, len(truth))
-        last = last and self.fid_all
-        scores = self.realism(imputations, (subset, len(truth)) if last else (subset,))
-        metrics.update(fid=scores[0]["fid"], kid=scores[0]["kid"], fid_images=subset)
-        if last:
-            metrics.update(fid_all=scores[1]["fid"], kid_all=scores[1]["kid"], fid_all_images=len(truth))
-        metrics["fid_seconds"] = time.perf_counter() - start
-        return metrics
+        return self.score(imputations, dm.masks, dm.true_images(self.score.metrics_max_images),
+                          trainer.strategy.root_device, last)
 
-    def _realism_ready(self, trainer: Trainer, truth: torch.Tensor) -> bool:
-        """Whether FID/KID can be scored: InceptionV3 loaded on the first call, or INSTALL_HINT logged once."""
-        if self.realism is None:
-            features = load_inception(trainer.strategy.root_device)
-            if features is None:
-                rank_zero_info(f"MIRI: {INSTALL_HINT}")
-                self.fid_images = 0
-                return False
-            self.realism = Realism(features, truth)
-        return True
-
-    def _report(self, trainer: Trainer, pl_module: LightningModule, metrics: Optional[dict], extra: dict) -> None:
-        """Best round, grid, files and logs of the round just ended (rank 0 only: no collectives in here)."""
+    def _keep(self, trainer: Trainer, pl_module: LightningModule, metrics: Optional[dict], extra: dict) -> None:
+        """Rank 0 records the round just kept: whether it is the best so far, and its files and logs."""
         if not trainer.is_global_zero:
             return
-        dm = trainer.datamodule
+        t = trainer.datamodule.round
         # Without an estimate (mi_steps 0) there is nothing to rank rounds by: the latest counts as the best.
         new_best = (self.best is None or not self.mi_steps
                     or metrics["mutual_information"] < self.best["mutual_information"])
         if new_best:
-            self.best = {"round": dm.round, "mutual_information": metrics["mutual_information"]}
+            self.best = {"round": t, "mutual_information": metrics["mutual_information"]}
         self.previous = _information(metrics)
-        run_dir = Path(trainer.default_root_dir)
-        record = {"round": dm.round, **metrics, "best_round": self.best["round"], **extra}
-        save_imputations(run_dir / IMPUTATIONS_FILE, dm.imputations, dm.masks, round=dm.round)
-        for copy, wanted in ((BEST_IMPUTATIONS_FILE, new_best), (START_IMPUTATIONS_FILE, dm.round == 0)):
-            if wanted:
-                publish_copy(run_dir / IMPUTATIONS_FILE, run_dir / copy)
-        k = self.grid_images
-        grid = imputation_grid(dm.imputations[:k], dm.masks[:k], dm.true_images(k),
-                               self._draws(pl_module, dm, k))
-        save_png(run_dir / GRIDS_DIR / f"round_{dm.round:03d}.png", grid)
-        write_round_record(run_dir / ROUNDS_FILE, record)  # last: a round listed here has all its files
-        log_grid(trainer.loggers, "imputations", grid, trainer.global_step)
-        scalars = {key: float(value) for key, value in record.items() if isinstance(value, (int, float))}
-        for logger in trainer.loggers:
-            logger.log_metrics({f"round/{key}": value for key, value in scalars.items()}, step=trainer.global_step)
-        rank_zero_info("MIRI " + ", ".join(f"{key} {value:.4g}" for key, value in scalars.items()))
-
-    def _draws(self, pl_module: LightningModule, dm: MaskedImageDataModule, k: int) -> Optional[torch.Tensor]:
-        """`grid_draws` fresh imputations of the first `k` images through rounds 1..t (on the CPU), or None."""
-        if self.grid_draws < 2 or not dm.fill.random:
-            return None
-        imputer = MIRIImputer(pl_module.hparams.image_shape, pl_module.net_config, pl_module.round_weights,
-                              pl_module.solver, dm.fill)
-        return imputer.impute(dm.imputations[:k], dm.masks[:k], num_samples=self.grid_draws)
+        record = {"round": t, **metrics, "best_round": self.best["round"], **extra}
+        self.report(Path(trainer.default_root_dir), trainer, pl_module, record, best=new_best)
 
     def state_dict(self) -> dict:
         return {"previous": self.previous, "best": self.best, "retries": self.retries}
