@@ -1,13 +1,16 @@
 """A round's length in optimiser steps, its end by a held-out loss, and what a round that made things worse does."""
 
 import itertools
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from conftest import read_rounds, run_cli
+from miri_lightning.callbacks.reporting import RoundReport
 from miri_lightning.callbacks.rounds import Convergence, verdict
+from miri_lightning.callbacks.scoring import RoundScorer
 from miri_lightning.data.batches import RoundSampler
 from miri_lightning.data.datamodule import MaskedImageDataModule
 from miri_lightning.data.sources import Shapes
@@ -177,3 +180,32 @@ def test_convergence_needs_the_minimum_steps_a_plateau_and_no_spike():
 ])
 def test_a_worse_round_is_retried_while_retries_last_or_stops_the_run(worse, on_worse, retries, expected):
     assert verdict(worse, on_worse, retries, max_retries=1) == expected
+
+
+def test_the_scorer_ranks_imputations_by_their_distance_from_the_truth_on_its_first_images():
+    truth = Shapes(num_images=12, image_size=8, seed=0).load().images
+    masks = torch.rand(truth.shape, generator=torch.Generator().manual_seed(0)) > 0.5
+    noisy = torch.where(masks, truth, torch.rand(truth.shape, generator=torch.Generator().manual_seed(1)))
+    score = RoundScorer(metrics_max_images=8, mi_steps=0, mi_seeds=1, fid_images=0, fid_all=True)
+    exact, rough = score(truth, masks, truth, torch.device("cpu"), last=True), score(noisy, masks, truth,
+                                                                                       torch.device("cpu"), last=True)
+    assert exact["rmse"] == 0 and rough["rmse"] > 0.1 and rough["mmd"] > exact["mmd"]
+    assert "fid" not in rough  # fid_images 0: no InceptionV3
+    beyond = torch.where(torch.arange(12)[:, None, None, None] < 8, truth, noisy)  # wrong only past the 8th
+    assert score(beyond, masks, truth, torch.device("cpu"), last=False)["rmse"] == 0
+
+
+def test_a_kept_round_leaves_its_files_round_zero_and_the_best_round_their_copies(tmp_path):
+    dm = MaskedImageDataModule(Shapes(num_images=6, image_size=8, seed=0), batch_size=2)
+    dm.setup()
+    trainer = SimpleNamespace(datamodule=dm, loggers=[], global_step=0)
+    report = RoundReport(grid_images=3, grid_draws=0)
+    report(tmp_path, trainer, None, {"round": 0, "mutual_information": 0.2}, best=True)
+    dm.next_round(torch.where(dm.masks, dm.imputations, torch.full_like(dm.imputations, 0.5)))
+    report(tmp_path, trainer, None, {"round": 1, "mutual_information": 0.3}, best=False)
+    with np.load(tmp_path / "imputations.npz") as last, np.load(tmp_path / "imputations_round0.npz") as start, \
+            np.load(tmp_path / "imputations_best.npz") as best:
+        assert int(last["round"]) == 1 and int(start["round"]) == int(best["round"]) == 0
+        assert np.array_equal(start["images"], best["images"]) and not np.array_equal(start["images"], last["images"])
+    assert [r["round"] for r in read_rounds(tmp_path)] == [0, 1]
+    assert sorted(p.name for p in (tmp_path / "grids").iterdir()) == ["round_000.png", "round_001.png"]
