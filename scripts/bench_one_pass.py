@@ -56,6 +56,9 @@ def main() -> None:
     p.add_argument("--speed-images", type=int, default=256, help="images timed (a tenth for 100 Euler steps a round)")
     p.add_argument("--mi-steps", type=int, default=MI_STEPS, help="the mask-information classifier's steps")
     p.add_argument("--skip-fid", action="store_true")
+    p.add_argument("--skip", nargs="*", default=[], choices=["chain", "baselines", "collection", "speed"],
+                   help="rows not to measure again (the baselines depend only on the new images and masks; the "
+                        "chain's rows only on the run)")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
 
@@ -80,19 +83,31 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(f"{k} {v:.4g}" for k, v in row.items()) + " |", flush=True)
         save(args.out, out)  # row by row: a long run that is stopped keeps what it measured
 
-    score("chain, new images", chain.impute(new, masks, batch_size=256), new, masks)
+    if "chain" not in args.skip:
+        score("chain, new images", chain.impute(new, masks, batch_size=256), new, masks)
     score("one pass, new images", student.impute(new, masks, batch_size=256), new, masks)
     draws = student.impute(new, masks, num_samples=args.draws, batch_size=256)
     score(f"one pass, mean of {args.draws} draws", draw_mean(draws, masks), new, masks)
-    for name, fill in (("interpolation sigma 1", interpolation_fill(new, masks, sigma=1.0)),
-                       ("interpolation sigma 0.4", interpolation_fill(new, masks, sigma=0.4)),
-                       ("per-entry mean", mean_fill(new, masks)), ("noise", noise_fill(new, masks, seed=0))):
-        score(f"{name}, new images", fill, new, masks)
+    if "baselines" not in args.skip:
+        for name, fill in (("interpolation sigma 1", interpolation_fill(new, masks, sigma=1.0)),
+                           ("interpolation sigma 0.4", interpolation_fill(new, masks, sigma=0.4)),
+                           ("per-entry mean", mean_fill(new, masks)), ("noise", noise_fill(new, masks, seed=0))):
+            score(f"{name}, new images", fill, new, masks)
+    if "collection" not in args.skip:
+        score_collection(args, truth, score)
+    if "speed" not in args.skip:
+        measure_speed(args, chain, student, new, masks, out)
+    save(args.out, out)
+
+
+def score_collection(args, truth, score) -> None:
     with np.load(args.run / "imputations.npz") as f:
         collection = torch.from_numpy(f["images"]).permute(0, 3, 1, 2)[:args.num_images]
         collection_masks = torch.from_numpy(f["masks"]).permute(0, 3, 1, 2).bool()[:args.num_images]
     score("chain, its own collection (last round)", collection, truth, collection_masks)
 
+
+def measure_speed(args, chain, student, new, masks, out: dict) -> None:
     k = min(args.speed_images, len(new))
     few = max(args.batch_size, k // 10)
     for name, imputer, subset, solve in (("chain", chain, k, {}), ("one pass", student, k, {}),
@@ -103,7 +118,6 @@ def main() -> None:
     for name, rate in out["speed"].items():
         print(f"{name}: {rate:.1f} images/s ({base / rate:.1f}x slower than one pass)" if name != "one pass"
               else f"one pass: {rate:.1f} images/s", flush=True)
-    save(args.out, out)
 
 
 def save(path, out: dict) -> None:
