@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import ROOT, read_imputations, read_rounds, subprocess_env, train_command, train_subprocess
-from miri_lightning.callbacks.rounds import shard
+from miri_lightning.callbacks.reimputation import shard
 from miri_lightning.data.masks import MCAR
 from miri_lightning.data.sources import Shapes
 

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from conftest import read_imputations, read_rounds, run_cli, train_subprocess
-from miri_lightning.callbacks.rounds import TIMING_KEYS
+from miri_lightning.callbacks.timing import TIMING_KEYS
 from miri_lightning.checkpoints import CHECKPOINT_FORMAT, AtomicCheckpointIO
 from miri_lightning.errors import OutputError
 from miri_lightning.io import save_imputations, save_png, write_round_record

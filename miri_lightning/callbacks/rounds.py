@@ -1,23 +1,24 @@
-"""MIRI's outer loop: a Lightning epoch trains one round's velocity; its end re-imputes.
+"""MIRI's outer loop, in one place: when a round starts, ends, retries and is saved.
 
-The loop asks Lightning for a round's training as an epoch of `rounds.steps` optimiser steps
-(`trainer.limit_train_batches`), whatever the collection's size, and ends it sooner once the
-flow-matching loss of held-out images stops falling (`MIRI.end_round_training`: Lightning ends an
-epoch early only from the module). The run's length is the rounds': the loop stops Lightning after
-the last one. Ending round t: re-impute the whole collection with v_t (each rank its own
-shard, gathered so that every rank holds the same copy), score the new
-imputations' mask information against the previous round's, and, unless a
-worse round is retried, replace x_hat, keep v_t's weights, log metrics and a
-grid, write the run's files, and ready the network for round t + 1.
-`RoundCheckpoint` runs after this callback and saves only when a round ended,
-so a round's checkpoint holds its new imputations.
+- **Training**: Lightning's epoch is a round's training. `MIRIRounds.setup` asks Lightning for it:
+  `rounds.steps` optimiser steps (`trainer.limit_train_batches` over the endless training loader),
+  at most one epoch a round and a retry (its epoch limit); the run's length is the rounds', set nowhere else.
+- **Converged**: every `val_every_n_steps` steps the held-out loss is checked (`Convergence`); once it
+  has stopped falling, the rest of the epoch is skipped (`MIRI.end_round_training`: Lightning ends an
+  epoch early only from the module).
+- **Round end** (`on_train_epoch_end`): re-impute the whole collection with v_t (`reimpute`: each rank its
+  shard), score it (`RoundScorer`), then by `verdict`: **keep** it (x_hat replaced, v_t's weights kept,
+  the round reported by `RoundReport`, the next round started: fresh or warm, the optimiser restarted),
+  **retry** (discard it and train the same round another epoch, solving again from the same start), or
+  **stop** (keep it and end the run). After the last round, the loop stops Lightning.
+- **Saved**: `RoundCheckpoint` runs after this callback and saves at an epoch's end only when a round was
+  kept, so a round's checkpoint holds its new imputations, and this loop's state (the best round, the
+  last kept round's mask information, the retries) with them.
 """
 
 from __future__ import annotations
 
 import math
-import resource
-import time
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -29,16 +30,15 @@ from lightning.pytorch.utilities import rank_zero_warn
 from ..data.datamodule import MaskedImageDataModule
 from ..errors import ConfigError, DataError
 from ..metrics import MI_STEPS, information_rose
+from .reimputation import reimpute
 from .reporting import RoundReport
 from .scoring import RoundScorer
+from .timing import RoundClock, clock
 
 OnWorse = Literal["warn", "retry", "stop"]
 # A held-out loss this many times the round's best is a spike, not a plateau: such a round has not
 # converged and trains on (a CelebA round whose loss jumped tenfold was ended as converged).
 SPIKE = 1.5
-# The fields of a round's record that measure the machine, not the result (they differ between equal runs).
-TIMING_KEYS = ("train_seconds", "impute_seconds", "train_images_per_second", "impute_images_per_second",
-               "fastest_epoch_seconds", "peak_memory_gb", "fid_seconds")
 
 
 class Convergence:
@@ -67,52 +67,6 @@ def verdict(worse: bool, on_worse: OnWorse, retries: int, max_retries: int) -> V
     if worse and on_worse == "retry" and retries < max_retries:
         return "retry"
     return "stop" if worse and on_worse == "stop" else "keep"
-
-
-def shard(n: int, rank: int, world: int) -> torch.Tensor:
-    """Rank `rank`'s indices of 0..n-1 (a disjoint, covering split), padded with -1 to ceil(n / world)."""
-    own = torch.arange(rank, n, world) if rank < n else torch.empty(0, dtype=torch.long)
-    pad = math.ceil(n / world) - len(own)
-    return torch.cat([own, torch.full((pad,), -1, dtype=torch.long)])
-
-
-def reimpute(trainer: Trainer, pl_module: LightningModule, dm: MaskedImageDataModule, batch_size: int):
-    """Write x_hat^(t+1) into `dm.new_round_buffer()`; every image solved exactly once, by one rank.
-
-    Gathering chunk by chunk keeps the collectives small; every rank then holds
-    the same collection (or, memory-mapped, maps the same file).
-    """
-    n, world = len(dm.imputations), trainer.world_size
-    mine = shard(n, trainer.global_rank, world)
-    result = dm.new_round_buffer()
-    for start in range(0, len(mine), batch_size):  # the same number of chunks on every rank
-        idx = mine[start:start + batch_size]
-        rows = idx.clamp_min(0)  # padding solves a dummy image, dropped below
-        out = pl_module.impute(dm.imputations[rows], dm.masks[rows], batch_size=batch_size)
-        dm.check_imputed(rows, out)
-        all_idx = pl_module.all_gather(idx.to(pl_module.device))
-        all_out = pl_module.all_gather(out.to(pl_module.device))
-        if world == 1:
-            all_idx, all_out = all_idx[None], all_out[None]
-        all_idx, all_out = all_idx.flatten(0, 1).cpu(), all_out.flatten(0, 1).cpu()
-        keep = all_idx >= 0
-        if result is not None:
-            result[all_idx[keep]] = all_out[keep]
-    return result
-
-
-def clock(device: torch.device) -> float:
-    """Seconds, once the device has finished its queued work (else GPU timings would miss the tail)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
-def peak_memory_gb(device: torch.device) -> float:
-    """Peak memory of this round: allocated on the GPU, or the process's resident set on the CPU (whole run)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 1e9
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux reports KiB
 
 
 class MIRIRounds(Callback):
@@ -182,8 +136,7 @@ class MIRIRounds(Callback):
         self.reinit_each_round, self.solve_batch_size, self.mi_steps = reinit_each_round, solve_batch_size, mi_steps
         self.score = RoundScorer(metrics_max_images, mi_steps, mi_seeds, fid_images, fid_all)
         self.report = RoundReport(grid_images, grid_draws)
-        self.train_seconds, self.train_images, self.fastest_epoch = 0.0, 0, math.inf
-        self.round_steps, self.val_curve, self.discarded = 0, [], []
+        self.clock, self.round_steps, self.val_curve, self.discarded = RoundClock(), 0, [], []
         # Kept in checkpoints: the last accepted round's mask information, the best round, this round's retries.
         self.previous: Optional[dict] = None
         self.best: Optional[dict] = None
@@ -224,14 +177,12 @@ class MIRIRounds(Callback):
             trainer.should_stop = True
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if pl_module.device.type == "cuda" and not self.train_images:
-            torch.cuda.reset_peak_memory_stats(pl_module.device)
         self._epoch_start_step, self._checked = trainer.global_step, 0
         self._convergence = Convergence(self.min_steps, self.patience, self.min_improvement)
-        self._epoch_start = clock(pl_module.device)
+        self.clock.start_training(pl_module.device)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
-        self.train_images += len(batch[1]) * trainer.world_size
+        self.clock.train_images += len(batch[1]) * trainer.world_size
         steps = trainer.global_step - self._epoch_start_step
         if steps % self.val_every_n_steps or steps == self._checked or not len(trainer.datamodule.val_indices):
             return
@@ -247,9 +198,7 @@ class MIRIRounds(Callback):
             pl_module.end_round_training()
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        seconds = clock(pl_module.device) - self._epoch_start
-        self.train_seconds += seconds
-        self.fastest_epoch = min(self.fastest_epoch, seconds)  # the steady rate, without a round's first-epoch costs
+        self.clock.stop_training(pl_module.device)
         self.round_steps += trainer.global_step - self._epoch_start_step
         # Stops here, before the round ends, after too many NaN losses in a row.
         pl_module.guard.report(trainer.current_epoch, trainer.global_step)
@@ -276,14 +225,10 @@ class MIRIRounds(Callback):
                            "more detectable" + ("; stopping (rounds.on_worse: stop)" if decision == "stop" else ""))
         dm.next_round(candidate)
         pl_module.finish_round()
-        timing = {"train_seconds": self.train_seconds, "impute_seconds": impute_seconds,
-                  "train_images_per_second": self.train_images / max(self.train_seconds, 1e-9),
-                  "impute_images_per_second": len(dm.masks) / max(impute_seconds, 1e-9),
-                  "fastest_epoch_seconds": self.fastest_epoch, "peak_memory_gb": peak_memory_gb(pl_module.device)}
+        timing = self.clock.timing(impute_seconds, len(dm.masks), pl_module.device)
         rounds = {"steps": self.round_steps, "retries": self.retries, "worse": bool(worse), "val_curve": self.val_curve,
                   "discarded": self.discarded}
-        self.train_seconds, self.train_images, self.fastest_epoch = 0.0, 0, math.inf
-        self.round_steps, self.val_curve, self.retries, self.discarded = 0, [], 0, []
+        self.clock, self.round_steps, self.val_curve, self.retries, self.discarded = RoundClock(), 0, [], 0, []
         pl_module.log("round", float(dm.round), on_step=False, on_epoch=True, sync_dist=True)
         self._keep(trainer, pl_module, metrics, {**timing, **rounds})
         if dm.round >= self.num_rounds or decision == "stop":
