@@ -69,8 +69,9 @@ class DistillConfig:
         pair_batch_size: images a chain solve takes (and a pairs file is written) at a time.
         save_every: steps between saves of the student's state (resuming after a kill).
         seed: the fills', batches' and windows' randomness.
-        precision: the student's forward pass in `bf16` autocast or in `32`-bit floats; None: as train.py
-            chooses for this machine's CPU (bf16 where it has AVX512-BF16 or AMX, measured faster there).
+        precision: the fresh pairs' solves and the student's forward pass in `bf16` autocast or in `32`-bit
+            floats; None: as train.py chooses for this machine's CPU (bf16 where it has AVX512-BF16 or AMX,
+            measured faster there).
     """
 
     steps: int = 1000
@@ -196,6 +197,10 @@ def fresh_pairs(chain: MIRIImputer, collection: ImageSet, path: Path, cfg: Disti
     return write_pairs(path, tuple(collection.shape), cfg.pair_batch_size, desc, pair)
 
 
+def bf16_chosen(cfg: DistillConfig) -> bool:
+    return cfg.precision == "bf16" or (cfg.precision is None and bf16_pays("cpu"))
+
+
 class Student:
     """The one-pass network, its EMA, optimiser and schedule, and the batch draws: everything a resume needs."""
 
@@ -211,7 +216,7 @@ class Student:
         schedule = OptimizerConfig(lr=cfg.lr, warmup_steps=cfg.warmup_steps, final_lr_ratio=cfg.final_lr_ratio)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(schedule, cfg.steps, lambda: 0))
         self.draws = seed_stream(cfg.seed, BATCH_STREAM)
-        self.bf16 = cfg.precision == "bf16" or (cfg.precision is None and bf16_pays("cpu"))
+        self.bf16 = bf16_chosen(cfg)
         self.step = 0
 
     def state(self) -> dict:
@@ -257,7 +262,8 @@ def distill(run: Path, out: Path, cfg: DistillConfig = DistillConfig(), npz: Opt
             cache: Optional[Path] = None, progress: bool = True) -> dict:
     """Train the one-pass student of `run`'s chain and write it to `out`; returns timings and the last loss."""
     ckpt, npz = find_inputs(run, npz)
-    chain = MIRIImputer.load(ckpt)
+    # Fresh pairs are solved, and the student trained, in one precision: bf16 where train.py would use it.
+    chain = MIRIImputer.load(ckpt, precision="bf16" if bf16_chosen(cfg) else "32")
     cache = cache or out.with_name(out.name + ".cache")
     crop = read_checkpoint(ckpt).get("hyper_parameters", {}).get("train_crop") if cfg.train_crop is None \
         else cfg.train_crop or None
