@@ -133,9 +133,12 @@ def make_pairs(chain: MIRIImputer, collection: ImageSet, run_dir: Path, cache: P
                cfg: DistillConfig) -> list[np.ndarray]:
     """Mapped (N, 2, C, H, W) float32 arrays of fills and chain outputs: the run's own, then a fresh pass each."""
     cache.mkdir(parents=True, exist_ok=True)
-    own = [run_pairs(run_dir, len(chain.round_weights), collection, cache / "pairs_run.npy", cfg.pair_batch_size)]
-    fresh = [fresh_pairs(chain, collection, cache / f"pairs{p}.npy", cfg, p) for p in range(cfg.pairs_per_image)]
-    return (own if cfg.run_pairs else []) + fresh
+    passes = []
+    if cfg.run_pairs:
+        rounds = len(chain.round_weights)
+        passes.append(run_pairs(run_dir, rounds, collection, cache / "pairs_run.npy", cfg.pair_batch_size))
+    return passes + [fresh_pairs(chain, collection, cache / f"pairs{p}.npy", cfg, p)
+                     for p in range(cfg.pairs_per_image)]
 
 
 def write_pairs(path: Path, shape: tuple[int, ...], rows: int, desc: str,

@@ -123,6 +123,9 @@ def test_bad_settings_and_inputs_are_named(run, tmp_path, capsys):
     (older / "imputations_round0.npz").unlink()  # a run from before round 0's fill was kept
     with pytest.raises(SystemExit, match="imputations_round0.npz does not exist: .* distill.pairs_per_image >= 1"):
         distill_main([str(older), "--out", str(tmp_path / "x.pt")])
+    # As the message says: fresh pairs alone need no round-0 file.
+    distill(older, tmp_path / "fresh.pt", DistillConfig(**{**FAST.__dict__, "run_pairs": False}), progress=False)
+    assert (tmp_path / "fresh.pt").is_file() and not (tmp_path / "fresh.pt.cache" / "pairs_run.npy").exists()
     empty = tmp_path / "empty_run"
     (empty / "checkpoints").mkdir(parents=True)
     shutil.copy(run / "checkpoints" / "last.ckpt", empty / "checkpoints" / "last.ckpt")  # a run without its images
