@@ -83,7 +83,8 @@ class MIRI(LightningModule):
         self.save_hyperparameters(
             {"net": asdict(self.net_config), "optimizer": asdict(self.optimizer_config),
              "solver": asdict(self.solver), "ema_decay": ema_decay, "max_bad_steps": max_bad_steps,
-             "train_crop": train_crop, "channels_last": channels_last, "compile": compile, "seed": given_seed("model.seed", seed),
+             "train_crop": train_crop, "channels_last": channels_last, "compile": compile,
+             "seed": given_seed("model.seed", seed),
              "image_shape": image_shape, "loss_entries": loss_entries}
         )
         self.guard = StepGuard(max_bad_steps)

@@ -133,7 +133,7 @@ class MIRIRounds(Callback):
         self.num_rounds, self.steps, self.min_steps = num_rounds, steps, steps if min_steps is None else min_steps
         self.val_every_n_steps, self.patience, self.min_improvement = val_every_n_steps, patience, min_improvement
         self.on_worse, self.max_retries = on_worse, max_retries
-        self.reinit_each_round, self.solve_batch_size, self.mi_steps = reinit_each_round, solve_batch_size, mi_steps
+        self.reinit_each_round, self.solve_batch_size = reinit_each_round, solve_batch_size
         self.score = RoundScorer(metrics_max_images, mi_steps, mi_seeds, fid_images, fid_all)
         self.report = RoundReport(grid_images, grid_draws)
         self.clock, self.round_steps, self.val_curve, self.discarded = RoundClock(), 0, [], []
@@ -182,7 +182,7 @@ class MIRIRounds(Callback):
         self.clock.start_training(pl_module.device)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx) -> None:
-        self.clock.train_images += len(batch[1]) * trainer.world_size
+        self.clock.count(len(batch[1]) * trainer.world_size)
         steps = trainer.global_step - self._epoch_start_step
         if steps % self.val_every_n_steps or steps == self._checked or not len(trainer.datamodule.val_indices):
             return
@@ -250,7 +250,7 @@ class MIRIRounds(Callback):
             return
         t = trainer.datamodule.round
         # Without an estimate (mi_steps 0) there is nothing to rank rounds by: the latest counts as the best.
-        new_best = (self.best is None or not self.mi_steps
+        new_best = (self.best is None or not self.score.mi_steps
                     or metrics["mutual_information"] < self.best["mutual_information"])
         if new_best:
             self.best = {"round": t, "mutual_information": metrics["mutual_information"]}

@@ -38,6 +38,10 @@ class RoundClock:
             torch.cuda.reset_peak_memory_stats(device)
         self._start = clock(device)
 
+    def count(self, images: int) -> None:
+        """Images a training step read, on all ranks."""
+        self.train_images += images
+
     def stop_training(self, device: torch.device) -> None:
         seconds = clock(device) - self._start
         self.train_seconds += seconds
