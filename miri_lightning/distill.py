@@ -214,8 +214,9 @@ class Student:
             self.net.load_state_dict({k: v.float() for k, v in chain.round_weights[-1].items()})
         else:
             self.net.reset_parameters(seed=cfg.seed)
+        self.net.to(memory_format=torch.channels_last)  # as a round trains (docs/performance.md)
         self.ema = EMA(self.net, cfg.ema_decay)
-        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr)
+        self.optimizer = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, fused=True)
         schedule = OptimizerConfig(lr=cfg.lr, warmup_steps=cfg.warmup_steps, final_lr_ratio=cfg.final_lr_ratio)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, warmup_cosine(schedule, cfg.steps, lambda: 0))
         self.draws = seed_stream(cfg.seed, BATCH_STREAM)
@@ -248,6 +249,7 @@ class Student:
         if crop:
             zt, m = random_window(torch.cat([z, target], 1), m, crop, self.draws)
             z, target = zt.chunk(2, dim=1)
+        z, m = (x.contiguous(memory_format=torch.channels_last) for x in (z, m))
         tau = torch.zeros(len(z))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             velocity = self.net(z, z, m, tau)

@@ -6,10 +6,10 @@
 
 Quality: the run's collection (its last round, against its truth: the file's first `--num-images` rows), and on
 the next `--new-images` rows with new masks (MCAR, `--mask-seed`): the chain, the one-pass imputer (one draw, and
-the mean of `--draws` draws) and every baseline on the same masks. MMD, PSNR over missing entries, mask
-information, and KID/FID (the `fid` extra). Speed: images a second of the chain as trained, of the chain with 100
-Euler steps a round (the paper's solve) and of the one-pass imputer, at one batch size and precision, in this one
-process, so that the ratios compare.
+the mean of `--draws` draws) and every baseline on the same masks. MMD, PSNR over missing entries, speckle, mask
+information (the mean of `--mi-seeds` classifiers, with its standard error), and KID/FID (the `fid` extra).
+Speed: images a second of the chain as trained, of the chain with 100 Euler steps a round (the paper's solve) and
+of the one-pass imputer, at one batch size and precision, in this one process, so that the ratios compare.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from miri_lightning.data.sources import NpzImages
 from miri_lightning.draws import draw_mean
 from miri_lightning.inference import MIRIImputer
 from miri_lightning.io import atomic_path
-from miri_lightning.metrics import MI_STEPS, mask_information, missing_rmse, mmd_rbf, psnr
+from miri_lightning.metrics import MI_STEPS, collection_metrics
 from miri_lightning.realism import Realism, load_inception
 
 
@@ -55,6 +55,8 @@ def main() -> None:
     p.add_argument("--precision", default="32", choices=["32", "bf16"])
     p.add_argument("--speed-images", type=int, default=256, help="images timed (a tenth for 100 Euler steps a round)")
     p.add_argument("--mi-steps", type=int, default=MI_STEPS, help="the mask-information classifier's steps")
+    p.add_argument("--mi-seeds", type=int, default=3,
+                   help="classifier seeds of each mask-information estimate (their mean and standard error)")
     p.add_argument("--skip-fid", action="store_true")
     p.add_argument("--skip", nargs="*", default=[], choices=["chain", "baselines", "collection", "speed"],
                    help="rows not to measure again (the baselines depend only on the new images and masks; the "
@@ -74,8 +76,7 @@ def main() -> None:
     realism = {}  # the truth's Inception features, once for each reference set
 
     def score(name: str, imputed, reference, m) -> None:
-        row = {"mmd": mmd_rbf(imputed, reference), "psnr": psnr(missing_rmse(imputed, reference, m)),
-               "mask_information": mask_information(imputed, m, steps=args.mi_steps)}
+        row = collection_metrics(imputed, m, reference, len(imputed), args.mi_steps, args.mi_seeds)
         if features is not None:
             reference_realism = realism.setdefault(id(reference), Realism(features, reference))
             row.update(reference_realism(imputed, (len(imputed),))[0])
