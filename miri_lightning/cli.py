@@ -227,7 +227,10 @@ RENAMED_KEYS = {"model.lr": "model.optimizer.lr", "model.weight_decay": "model.o
                 "model.warmup_steps": "model.optimizer.warmup_steps",
                 "model.final_lr_ratio": "model.optimizer.final_lr_ratio",
                 "model.restart_optimizer": "model.optimizer.restart_each_round",
-                "model.fused_adamw": "model.optimizer.fused"}
+                "model.fused_adamw": "model.optimizer.fused",
+                "data.init_fill": "data.fill.kind", "data.fill_sigma": "data.fill.sigma",
+                "data.fill_noise": "data.fill.noise", "data.fill_noise_scale": "data.fill.noise_scale",
+                "data.fill_keep": "data.fill.keep"}
 
 
 def _with_renames(message: str) -> str:

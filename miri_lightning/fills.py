@@ -10,34 +10,82 @@ observed entries (`keep` < 1).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable, Literal, Optional
+from typing import Callable, Literal, Optional, Union
 
 import torch
 
 from .baselines import interpolation_fill, noise_fill
 from .blocks import BlockSum, observed_mean, root_mean_square
+from .errors import ConfigError
 from .seeds import GAUSS_STREAM, HIDE_STREAM, NOISE_STREAM, THIN_STREAM, seed_stream
 
 InitFill = Literal["noise", "mean", "interpolation"]
 
 
-@dataclass(eq=False)
-class RoundZeroFill:
-    """How missing entries are filled before round 1.
+@dataclass(frozen=True)
+class FillConfig:
+    """Round 0's fill as configured (`data.fill`); the datamodule turns it into the `RoundZeroFill` it uses.
 
     Args:
         kind: `noise` (uniform in [0, 1], the paper's), `mean` (each entry's
-            observed mean over the collection) or `interpolation` (the
-            Gaussian-weighted mean of observed neighbours).
-        sigma: the interpolation's Gaussian width in pixels.
-        noise: standard deviation of Gaussian noise added at missing entries
-            of the `mean` and `interpolation` fills (clipped to [0, 1]).
-        keep: the share of observed entries each interpolation reads, drawn
-            afresh for every fill: below 1, two fills of an image differ most
-            where its observed neighbours disagree, which is where its true
-            values are least certain.
-        values: the collection's per-entry observed mean (C, H, W), for `mean`.
+            mean of observed values) or `interpolation` (the Gaussian-weighted
+            mean of observed neighbours).
+        sigma: width in pixels of the interpolation's Gaussian. 1 averages
+            about a 3x3 neighbourhood; 0.4 all but copies the nearest observed
+            pixels (a neighbour at distance 1 weighs 23 times one at sqrt(2)):
+            it blurs less, and on CIFAR-10 MIRI went further from it
+            (docs/performance.md).
+        noise: standard deviation of Gaussian noise added to the `mean` and
+            `interpolation` fills at missing entries (clipped to [0, 1]). The
+            solve is deterministic, so without randomness in the fill every
+            draw of an image (multiple imputation) is the same image. `auto`:
+            the fill's own root-mean-square error, measured on a tenth of the
+            observed entries hidden from it (no ground truth needed), times
+            `noise_scale`; the value is kept in checkpoints, so new images get
+            the same.
+        noise_scale: the multiple of the fill's error that `noise: auto` adds:
+            at 1 the noise alone is as wide as the error, and the mask
+            information of the collection rises with it
+            (docs/2026-12-02-multiple-imputation.md).
+        keep: the share of observed entries each `interpolation` fill reads,
+            drawn afresh for every fill (1: all, a deterministic fill). Below
+            1, an image's draws differ most where its observed neighbours
+            disagree.
     """
+
+    kind: InitFill = "noise"
+    sigma: float = 1.0
+    noise: Union[float, Literal["auto"]] = 0.0
+    noise_scale: float = 1.0
+    keep: float = 1.0
+
+    def __post_init__(self):
+        if self.kind not in ("noise", "mean", "interpolation"):
+            raise ConfigError(f"data.fill.kind must be noise, mean or interpolation, got {self.kind!r}")
+        if not self.sigma > 0:
+            raise ConfigError(f"data.fill.sigma must be > 0 (pixels), got {self.sigma}")
+        if self.noise != "auto" and not self.noise >= 0:
+            raise ConfigError(f"data.fill.noise must be >= 0 (a standard deviation) or auto, got {self.noise}")
+        if not self.noise_scale > 0:
+            raise ConfigError(f"data.fill.noise_scale must be > 0 (a multiple of the fill's error), "
+                              f"got {self.noise_scale}")
+        if self.noise_scale != 1 and self.noise != "auto":
+            raise ConfigError(f"data.fill.noise_scale scales what fill.noise auto measures; fill.noise is "
+                              f"{self.noise}: set it to auto or leave fill.noise_scale at 1")
+        if self.noise and self.kind == "noise":
+            raise ConfigError("data.fill.noise adds noise to the mean and interpolation fills; "
+                              "fill.kind noise is noise already: leave fill.noise at 0")
+        if not 0 < self.keep <= 1:
+            raise ConfigError(f"data.fill.keep must be in (0, 1] (a share of the observed entries), got {self.keep}")
+        if self.keep < 1 and self.kind != "interpolation":
+            raise ConfigError(f"data.fill.keep thins the observed entries an interpolation reads; fill.kind "
+                              f"{self.kind} reads none: leave fill.keep at 1")
+
+
+@dataclass(eq=False)
+class RoundZeroFill:
+    """How missing entries are filled before round 1, as used: `FillConfig`'s fields with `noise` a number
+    (what `auto` measured) and `values`, the collection's per-entry observed mean (C, H, W) for `mean`."""
 
     kind: InitFill = "noise"
     sigma: float = 1.0

@@ -157,7 +157,7 @@ class MIRIImputer:
         """
         if num_samples > 1 and not self.stochastic:
             raise DataError(f"this run filled round 0 by {self.fill.kind} without randomness, so every draw would "
-                            "be the same image: train with data.fill_keep < 1 or data.fill_noise > 0 (or init_fill "
+                            "be the same image: train with data.fill.keep < 1 or data.fill.noise > 0 (or fill.kind "
                             "noise) for several draws")
         if self.kind == "one_pass" and (method, steps) != (None, None):
             raise DataError("a one-pass imputer has no solver to change (its one step is what it was trained for): "

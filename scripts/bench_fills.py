@@ -6,8 +6,8 @@ collection (MMD, PSNR, mask information) and how well K fills of an image say wh
     python scripts/bench_fills.py --npz ../shared/data/mnist32_uint8.npz --sigma 1
 
 The interpolation fill with no randomness, with Gaussian noise at fractions
-of its own error (what `data.fill_noise: auto` measures), and reading a
-random share of the observed entries (`data.fill_keep`). For each: one fill's
+of its own error (what `data.fill.noise: auto` measures), and reading a
+random share of the observed entries (`data.fill.keep`). For each: one fill's
 MMD, PSNR over missing entries and mask information (1,000 classifier steps,
 mean of 3 seeds), and over K fills with seeds 0..K-1 the PSNR of their mean,
 the share of true missing values inside their 90 % prediction interval (and
@@ -56,7 +56,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--npz", required=True, help=".npz with an `images` array (N,H,W[,C])")
     p.add_argument("--num-images", type=int, default=1000)
-    p.add_argument("--sigma", type=float, default=0.4, help="the interpolation's width (data.fill_sigma)")
+    p.add_argument("--sigma", type=float, default=0.4, help="the interpolation's width (data.fill.sigma)")
     p.add_argument("--seed", type=int, default=1, help="the masks' seed")
     p.add_argument("--per-channel", action="store_true", help="each channel missing on its own (CelebA's protocol)")
     p.add_argument("--draws", type=int, default=8)
@@ -65,7 +65,7 @@ def main() -> None:
     images = NpzImages(str(args.npz), num_images=args.num_images).load().images.float()
     masks = MCAR(0.6, per_channel=args.per_channel, seed=args.seed)(images)
     error = RoundZeroFill("interpolation", args.sigma).error(images, masks, args.seed)
-    print(f"{len(images)} images, 60 % MCAR, mask seed {args.seed}; the fill's own error (fill_noise auto): "
+    print(f"{len(images)} images, 60 % MCAR, mask seed {args.seed}; the fill's own error (fill.noise auto): "
           f"{error:.4f}\n")
     print("| fill | MMD | PSNR (dB) | mask information (bits) | PSNR of the mean (dB) | 90 % coverage | "
           "coverage of the quantiles | spread-error correlation |\n|---|---|---|---|---|---|---|---|", flush=True)

@@ -268,7 +268,7 @@ def recipe(args, data: Path, processes: int) -> list[str]:
             "init_args": {"missing_rate": 0.6, "per_channel": True, "seed": 0}}
     ddp = ["--trainer.strategy", "ddp"] if processes > 1 else []  # on the CPU: gloo, as tests/test_distributed.py
     return ["--seed_everything", "0", "--data.source", json.dumps(source), "--data.mask", json.dumps(mask),
-            "--data.init_fill", "interpolation", "--data.fill_sigma", "0.4", "--data.state", args.state,
+            "--data.fill.kind", "interpolation", "--data.fill.sigma", "0.4", "--data.state", args.state,
             "--data.batch_size", str(args.batch_size), *TINY_NET,
             # The mask-information classifier would train for longer than the round: off.
             "--rounds.num_rounds", "1", "--rounds.steps", str(args.steps), "--rounds.mi_steps", "0",

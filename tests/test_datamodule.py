@@ -26,7 +26,7 @@ def make_dm(**kwargs):
 
 @pytest.mark.parametrize("fill", ["noise", "mean"])
 def test_initial_fill_keeps_observed_entries_and_fills_missing_ones(fill):
-    dm = make_dm(init_fill=fill)
+    dm = make_dm(fill=dict(kind=fill))
     observed = dm.masks
     assert torch.equal(dm.imputations[observed], dm.truth[observed])
     missing = dm.imputations[~observed]
@@ -39,7 +39,7 @@ def test_initial_fill_keeps_observed_entries_and_fills_missing_ones(fill):
 
 
 def test_fill_sigma_sets_the_interpolation_width():
-    narrow, wide = make_dm(init_fill="interpolation", fill_sigma=0.4), make_dm(init_fill="interpolation")
+    narrow, wide = make_dm(fill=dict(kind="interpolation", sigma=0.4)), make_dm(fill=dict(kind="interpolation"))
     observed = narrow.masks
     assert torch.equal(narrow.imputations[observed], narrow.truth[observed])
     assert torch.equal(narrow.imputations, interpolation_fill(narrow.truth, observed, sigma=0.4))
@@ -47,23 +47,23 @@ def test_fill_sigma_sets_the_interpolation_width():
     assert not torch.equal(narrow.imputations, wide.imputations)
     wide.load_state_dict(narrow.state_dict())  # a resume with another width: round 0 was the checkpoint's
     assert wide.fill.sigma == 0.4 and wide.state_dict()["fill_sigma"] == 0.4
-    with pytest.raises(ConfigError, match=r"data.fill_sigma must be > 0 \(pixels\), got 0"):
-        make_dm(init_fill="interpolation", fill_sigma=0)
+    with pytest.raises(ConfigError, match=r"data.fill.sigma must be > 0 \(pixels\), got 0"):
+        make_dm(fill=dict(kind="interpolation", sigma=0))
 
 
 def test_fill_noise_auto_is_the_fills_own_error_and_is_kept_for_new_images():
-    dm = make_dm(init_fill="interpolation", fill_noise="auto")
+    dm = make_dm(fill=dict(kind="interpolation", noise="auto"))
     missing = ~dm.masks
     true_error = float((interpolation_fill(dm.truth, dm.masks) - dm.truth)[missing].square().mean().sqrt())
     assert isinstance(dm.fill.noise, float) and 0.7 * true_error < dm.fill.noise < 1.3 * true_error
     offsets = (dm.imputations - interpolation_fill(dm.truth, dm.masks))[missing]
     assert offsets.abs().max() > 0 and torch.equal(dm.imputations[dm.masks], dm.truth[dm.masks])
-    resumed = make_dm(init_fill="interpolation")
+    resumed = make_dm(fill=dict(kind="interpolation"))
     resumed.load_state_dict(dm.state_dict())
     assert resumed.fill.noise == dm.fill.noise and resumed.state_dict()["fill_noise"] == dm.fill.noise
-    with pytest.raises(ConfigError, match="data.fill_noise must be >= 0"):
-        make_dm(init_fill="interpolation", fill_noise=-0.1)
-    half = make_dm(init_fill="interpolation", fill_noise="auto", fill_noise_scale=0.5)
+    with pytest.raises(ConfigError, match="data.fill.noise must be >= 0"):
+        make_dm(fill=dict(kind="interpolation", noise=-0.1))
+    half = make_dm(fill=dict(kind="interpolation", noise="auto", noise_scale=0.5))
     assert half.fill.noise == pytest.approx(0.5 * dm.fill.noise, rel=1e-6)
     offsets_half = (half.imputations - interpolation_fill(half.truth, half.masks))[missing]
     assert 0.3 < float(offsets_half.std() / offsets.std()) < 0.7
@@ -230,7 +230,7 @@ def test_images_without_a_missing_entry_pass_through_unchanged(tmp_path, caplog)
     masks = rng.random((12, 8, 8)) < 0.5
     masks[[0, 5]] = True
     caplog.set_level(logging.INFO)
-    dm = make_dm(source=_npz_source(tmp_path, images, masks), mask=None, init_fill="interpolation")
+    dm = make_dm(source=_npz_source(tmp_path, images, masks), mask=None, fill=dict(kind="interpolation"))
     assert "no missing entry in 2 of 12 images" in caplog.text
     expected = torch.from_numpy(images[[0, 5]])[:, None]
     assert torch.equal(dm.imputations[[0, 5]], expected)
@@ -272,11 +272,11 @@ class WholeCollection(MaskMechanism):
         return MCAR(0.5, seed=4)(images)
 
 
-@pytest.mark.parametrize("fill", [dict(init_fill="noise"), dict(init_fill="mean"),
-                                  dict(init_fill="interpolation", fill_keep=0.7, fill_noise="auto"),
-                                  dict(init_fill="interpolation", mask=MNAR(0.3, strength=1.0, seed=1)),
-                                  dict(init_fill="noise", mask=WholeCollection()),  # masked at once
-                                  dict(init_fill="mean", mask=RandomBoxes(seed=1))])
+@pytest.mark.parametrize("fill", [dict(fill=dict(kind="noise")), dict(fill=dict(kind="mean")),
+                                  dict(fill=dict(kind="interpolation", keep=0.7, noise="auto")),
+                                  dict(fill=dict(kind="interpolation"), mask=MNAR(0.3, strength=1.0, seed=1)),
+                                  dict(fill=dict(kind="noise"), mask=WholeCollection()),  # masked at once
+                                  dict(fill=dict(kind="mean"), mask=RandomBoxes(seed=1))])
 def test_the_collection_built_in_chunks_is_the_one_built_at_once(fill, monkeypatch, tmp_path):
     def build(**kwargs):
         return make_dm(source=Shapes(num_images=600, image_size=8, seed=2), **fill, **kwargs)
@@ -302,7 +302,7 @@ def test_an_8_bit_source_keeps_8_bit_ground_truth(tmp_path):
 
 
 def test_only_the_writer_passes_over_the_collection_and_the_others_read_its_result(monkeypatch, tmp_path):
-    settings = dict(init_fill="interpolation", fill_keep=0.7, fill_noise="auto", state="memmap",
+    settings = dict(fill=dict(kind="interpolation", keep=0.7, noise="auto"), state="memmap",
                     state_dir=str(tmp_path))
     writer = make_dm(**settings)
     # Another process of the node: it maps the writer's files and must not read the collection's values again.

@@ -370,6 +370,7 @@ def test_a_format_1_checkpoint_of_step_counted_rounds_resumes_to_the_uninterrupt
 @pytest.mark.parametrize("overrides, key", [
     (["--model.no_such_key", "1"], "--model.no_such_key"),
     (["--model.lr", "1e-3"], "model.lr is now model.optimizer.lr"),
+    (["--data.fill_keep", "0.7"], "data.fill_keep is now data.fill.keep"),
     (["--model.optimizer.lr", "abc"], '"model.optimizer.lr"'),
     (["--model.net.width", "abc"], '"model.net.width"'),
     (["--rounds.steps", "x"], '"rounds.steps"'),
@@ -378,12 +379,12 @@ def test_a_format_1_checkpoint_of_step_counted_rounds_resumes_to_the_uninterrupt
     (["--rounds.steps", "4", "--rounds.min_steps", "8"], "rounds.min_steps must be between 1 and rounds.steps (4)"),
     (["--rounds.min_steps", "4"], "set data.val_fraction"),
     (["--model.train_crop", "7"], "model.train_crop must be a multiple of 2"),
-    (["--data.init_fill", "noise", "--data.fill_noise", "0.1"], "data.fill_noise adds noise to the mean"),
-    (["--data.init_fill", "mean", "--data.fill_keep", "0.5"], "data.fill_keep thins the observed entries"),
-    (["--data.init_fill", "interpolation", "--data.fill_keep", "0"], "data.fill_keep must be in (0, 1]"),
-    (["--data.init_fill", "interpolation", "--data.fill_noise_scale", "0.5"], "data.fill_noise_scale scales what"),
+    (["--data.fill.kind", "noise", "--data.fill.noise", "0.1"], "data.fill.noise adds noise to the mean"),
+    (["--data.fill.kind", "mean", "--data.fill.keep", "0.5"], "data.fill.keep thins the observed entries"),
+    (["--data.fill.kind", "interpolation", "--data.fill.keep", "0"], "data.fill.keep must be in (0, 1]"),
+    (["--data.fill.kind", "interpolation", "--data.fill.noise_scale", "0.5"], "data.fill.noise_scale scales what"),
     (["--data.mask.init_args.missing_rate", "1.5"], "data.mask.missing_rate (MCAR) must be in [0, 1), got 1.5"),
-], ids=["unknown_key", "renamed_key", "wrong_type", "wrong_type_in_net", "wrong_type_nested", "bad_value", "bad_optimizer_value",
+], ids=["unknown_key", "renamed_key", "renamed_fill_key", "wrong_type", "wrong_type_in_net", "wrong_type_nested", "bad_value", "bad_optimizer_value",
         "min_steps_above_steps", "min_steps_without_held_out", "train_crop_odd", "fill_noise_on_noise",
         "fill_keep_on_mean", "fill_keep_zero", "fill_noise_scale_without_auto", "missing_rate"])
 def test_a_bad_config_is_one_short_line_naming_the_key(overrides, key, tmp_path):

@@ -39,7 +39,7 @@ def test_draws_add_their_mean_and_an_uncertainty_map_black_where_observed():
 def test_a_run_with_a_random_fill_draws_its_grid_images(tmp_path):
     rows = {}
     for fill in ("noise", "interpolation"):
-        run = run_cli(tmp_path / fill, "--data.init_fill", fill, "--rounds.num_rounds", "1", "--rounds.steps", "2",
+        run = run_cli(tmp_path / fill, "--data.fill.kind", fill, "--rounds.num_rounds", "1", "--rounds.steps", "2",
                       "--rounds.mi_steps", "0", "--rounds.grid_draws", "3")
         rows[fill] = Image.open(run / "grids" / "round_001.png").size[1]
     assert rows == {"noise": 5 * 16 + 6 * 2, "interpolation": 3 * 16 + 4 * 2}  # a deterministic fill: no draws

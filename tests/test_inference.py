@@ -14,7 +14,7 @@ from miri_lightning.data.masks import MCAR
 from miri_lightning.data.sources import Shapes
 from miri_lightning.draws import calibrated_interval
 from miri_lightning.errors import DataError
-from miri_lightning.fills import RoundZeroFill
+from miri_lightning.fills import FillConfig, RoundZeroFill
 from miri_lightning.impute_cli import export_main, main
 from miri_lightning.inference import MIRIImputer
 from miri_lightning.metrics import missing_rmse, psnr
@@ -80,7 +80,7 @@ def test_export_is_smaller_safe_and_gives_the_same_result(ckpt, held_out, tmp_pa
 @pytest.fixture(scope="module")
 def noisy_interpolation_run(tmp_path_factory) -> Path:
     return run_cli(tmp_path_factory.mktemp("noisy") / "run", "--rounds.num_rounds", "1", "--rounds.steps", "4",
-                   "--data.init_fill", "interpolation", "--data.fill_sigma", "0.4", "--data.fill_noise", "0.05")
+                   "--data.fill.kind", "interpolation", "--data.fill.sigma", "0.4", "--data.fill.noise", "0.05")
 
 
 @pytest.mark.slow
@@ -114,10 +114,10 @@ def test_draws_differ_with_a_noisy_fill_and_a_deterministic_fill_refuses_several
         assert torch.equal(draw[full], images[full])
     assert (draws[0] - draws[1])[~full].abs().max() > 0.01 and (draws[1] - draws[2])[~full].abs().max() > 0.01
     plain = run_cli(tmp_path / "plain", "--rounds.num_rounds", "1", "--rounds.steps", "4",
-                    "--data.init_fill", "interpolation")
+                    "--data.fill.kind", "interpolation")
     imputer = MIRIImputer.load(plain / "checkpoints" / "last.ckpt")
     assert imputer.impute(images, masks).shape == images.shape  # one draw is fine
-    with pytest.raises(DataError, match="every draw would be the same image.*data.fill_noise"):
+    with pytest.raises(DataError, match="every draw would be the same image.*data.fill.noise"):
         imputer.impute(images, masks, num_samples=2)
 
 
@@ -127,8 +127,8 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_every_shipped_config_fills_round_0_at_random_and_keeps_observed_entries(config, held_out):
     data = read_config(config)["data"]
-    fill = RoundZeroFill(data.get("init_fill", "noise"), data.get("fill_sigma", 1.0), data.get("fill_noise", 0.0),
-                         data.get("fill_keep", 1.0))
+    cfg = FillConfig(**data.get("fill", {}))
+    fill = RoundZeroFill(cfg.kind, cfg.sigma, cfg.noise, cfg.keep)
     images, masks = held_out
     full = masks.expand_as(images)
     first, second = fill(images, full, seed=0), fill(images, full, seed=1)
@@ -149,7 +149,7 @@ def test_calibration_hides_observed_entries_and_scales_the_interval(noisy_interp
 @pytest.mark.slow
 def test_draws_differ_with_the_thinned_interpolation(tmp_path, held_out):
     run = run_cli(tmp_path / "thinned", "--rounds.num_rounds", "1", "--rounds.steps", "4",
-                  "--data.init_fill", "interpolation", "--data.fill_keep", "0.7")
+                  "--data.fill.kind", "interpolation", "--data.fill.keep", "0.7")
     images, masks = held_out
     full = masks.expand_as(images)
     draws = MIRIImputer.load(run / "checkpoints" / "last.ckpt").impute(images, masks, num_samples=3)

@@ -18,7 +18,7 @@ from miri_lightning.metrics import information_rose
 from miri_lightning.module import MIRI
 
 # A smooth start (little mask information) and a classifier trained long enough to see noise poured into it.
-SMOOTH = ["--data.init_fill", "interpolation", "--rounds.mi_steps", "150", "--rounds.mi_seeds", "2"]
+SMOOTH = ["--data.fill.kind", "interpolation", "--rounds.mi_steps", "150", "--rounds.mi_seeds", "2"]
 
 
 def checkpoint_step(run_dir) -> int:

@@ -15,7 +15,7 @@ from miri_lightning.runs import imputations_after, read_rounds, run_datamodule, 
 def run(tmp_path_factory):
     # A fill other than the default noise: a checkpoint read without its datamodule state would fill by noise.
     return run_cli(tmp_path_factory.mktemp("runs") / "run", "--rounds.num_rounds", "2", "--rounds.steps", "4",
-                   "--data.init_fill", "interpolation", "--data.fill_sigma", "0.4")
+                   "--data.fill.kind", "interpolation", "--data.fill.sigma", "0.4")
 
 
 def test_run_checkpoint_names_the_files_train_py_writes(run, tmp_path):

@@ -27,7 +27,7 @@ it, the script says so at the start and writes everything else.
 
 Multiple imputation (`--draws K`, 8 by default, 0 skips it): the trained
 run imputes every image K times afresh (round 0's fill with seeds 0..K-1,
-then v_1 ... v_T), when its fill is random (`data.fill_keep` < 1, `data.fill_noise` > 0 or the
+then v_1 ... v_T), when its fill is random (`data.fill.keep` < 1, `data.fill.noise` > 0 or the
 noise fill). Reported beside the baselines: one draw's MMD and PSNR, the
 PSNR of the mean of the K draws, the share of missing entries whose truth
 lies in the draws' 90 % prediction interval (and in their own 5 % to 95 %

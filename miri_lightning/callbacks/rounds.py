@@ -101,8 +101,8 @@ class MIRIRounds(Callback):
         grid_images: images (columns) in the logged grid.
         grid_draws: fresh draws of the grid's images through the rounds so
             far, whose mean and spread (an uncertainty map) join the grid when
-            round 0's fill is random (`data.init_fill: noise`,
-            `data.fill_noise` > 0 or `data.fill_keep` < 1); 0 or 1 leaves them out.
+            round 0's fill is random (`data.fill.kind: noise`,
+            `data.fill.noise` > 0 or `data.fill.keep` < 1); 0 or 1 leaves them out.
         metrics_max_images: metrics use the first this-many images (MMD is quadratic in it).
         fid_images: FID and KID (`realism`, with the `fid` extra) of every round on the first this-many
             images, a fixed subset so that rounds compare, and at the run's end on the first

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from ..blocks import ObservedMean
 from ..checkpoints import DATA_STATE_MARK
-from ..fills import InitFill, RoundZeroFill
+from ..fills import FillConfig, RoundZeroFill
 from ..errors import ConfigError, DataError
 from ..seeds import given_seed
 from .batches import ImputationBatches, IndexBatches, RoundSampler, whole_batch
@@ -42,34 +42,11 @@ class MaskedImageDataModule(LightningDataModule):
         mask: how entries go missing (see `miri_lightning.data.masks`). Applied
             on top of the source's own masks when it has some; when both are
             absent, MCAR at 60 %.
-        init_fill: how missing entries are filled before round 1: `noise`
-            (uniform, the paper's), `mean` (per-entry mean of observed values)
-            or `interpolation` (Gaussian-weighted mean of observed neighbours).
+        fill: round 0's fill (`FillConfig`: kind, sigma, noise, noise_scale, keep).
         val_fraction: share of the images held out of the velocity's training
             (drawn once from `seed`): they are still re-imputed every round,
             and their flow-matching loss tells when a round's velocity has
             converged (`rounds.min_steps`). 0: none held out.
-        fill_sigma: width in pixels of the `interpolation` fill's Gaussian. 1
-            averages about a 3x3 neighbourhood; 0.4 all but copies the nearest
-            observed pixels (a neighbour at distance 1 weighs 23 times one at
-            sqrt(2)): it blurs less, and on CIFAR-10 MIRI went further from it
-            (docs/performance.md).
-        fill_noise: standard deviation of Gaussian noise added to the `mean`
-            and `interpolation` fills at missing entries (clipped to [0, 1]).
-            The solve is deterministic, so without it every draw of an image
-            (multiple imputation) is the same image. `auto`: the fill's own
-            root-mean-square error, measured on a tenth of the observed
-            entries hidden from it (no ground truth needed), times
-            `fill_noise_scale`; the value is kept in checkpoints, so new
-            images get the same.
-        fill_noise_scale: the multiple of the fill's error that `fill_noise:
-            auto` adds: at 1 the noise alone is as wide as the error, and
-            the mask information of the collection rises with it
-            (docs/2026-12-02-multiple-imputation.md).
-        fill_keep: the share of observed entries each `interpolation` fill
-            reads, drawn afresh for every fill (1: all, a deterministic fill).
-            Below 1, an image's draws differ most where its observed
-            neighbours disagree.
         batch_size: training images per step on each device. The training
             loader is endless: an epoch (a round's training) takes the batches
             that `MIRIRounds` asks Lightning for (`trainer.limit_train_batches`).
@@ -94,11 +71,7 @@ class MaskedImageDataModule(LightningDataModule):
         self,
         source: ImageSource = lazy_instance(Shapes),
         mask: Optional[MaskMechanism] = None,
-        init_fill: InitFill = "noise",
-        fill_sigma: float = 1.0,
-        fill_noise: Union[float, Literal["auto"]] = 0.0,
-        fill_noise_scale: float = 1.0,
-        fill_keep: float = 1.0,
+        fill: FillConfig = FillConfig(),
         val_fraction: float = 0.0,
         batch_size: int = 64,
         num_workers: int = 0,
@@ -110,31 +83,12 @@ class MaskedImageDataModule(LightningDataModule):
         super().__init__()
         if batch_size < 2:
             raise ConfigError(f"data.batch_size must be >= 2 (each image needs a partner), got {batch_size}")
-        if not fill_sigma > 0:
-            raise ConfigError(f"data.fill_sigma must be > 0 (pixels), got {fill_sigma}")
-        if fill_noise != "auto" and not fill_noise >= 0:
-            raise ConfigError(f"data.fill_noise must be >= 0 (a standard deviation), got {fill_noise}")
-        if not fill_noise_scale > 0:
-            raise ConfigError(f"data.fill_noise_scale must be > 0 (a multiple of the fill's error), "
-                              f"got {fill_noise_scale}")
-        if fill_noise_scale != 1 and fill_noise != "auto":
-            raise ConfigError(f"data.fill_noise_scale scales what fill_noise auto measures; fill_noise is "
-                              f"{fill_noise}: set fill_noise to auto or leave fill_noise_scale at 1")
-        if fill_noise and init_fill == "noise":
-            raise ConfigError("data.fill_noise adds noise to the mean and interpolation fills; "
-                              "init_fill noise is noise already: leave fill_noise at 0")
-        if not 0 < fill_keep <= 1:
-            raise ConfigError(f"data.fill_keep must be in (0, 1] (a share of the observed entries), got {fill_keep}")
-        if fill_keep < 1 and init_fill != "interpolation":
-            raise ConfigError(f"data.fill_keep thins the observed entries an interpolation reads; init_fill "
-                              f"{init_fill} reads none: leave fill_keep at 1")
         if not 0 <= val_fraction < 1:
             raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
         if num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
         self.source, self.mask = source, mask
-        self.init_fill, self.fill_sigma, self.fill_keep = init_fill, fill_sigma, fill_keep
-        self.fill_noise, self.fill_noise_scale = fill_noise, fill_noise_scale
+        self.fill_config = fill if isinstance(fill, FillConfig) else FillConfig(**fill)
         self.val_fraction = val_fraction
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, given_seed("data.seed", seed)
         self.state, self.state_dir, self.on_device = state, state_dir, on_device
@@ -216,22 +170,22 @@ class MaskedImageDataModule(LightningDataModule):
         fill reads one (passes over the data)."""
         chunks = [lambda rows=rows: (loaded.floats(rows.start, rows.stop), self.masks[rows])
                   for rows in chunk_rows(loaded.shape)]
-        fallback = None
-        if self.init_fill != "noise":
+        cfg, fallback = self.fill_config, None
+        if cfg.kind != "noise":
             mean = ObservedMean()
             for read in chunks:
                 mean.add(*read())
             fallback = mean.result()
-        auto = self.fill_noise == "auto"
-        fill = RoundZeroFill(self.init_fill, self.fill_sigma, 0.0 if auto else self.fill_noise, self.fill_keep,
-                             fallback if self.init_fill == "mean" else None)
+        auto = cfg.noise == "auto"
+        fill = RoundZeroFill(cfg.kind, cfg.sigma, 0.0 if auto else cfg.noise, cfg.keep,
+                             fallback if cfg.kind == "mean" else None)
         if auto:  # the fill's own error, from observed entries hidden for the purpose
             error = fill.error_stream(self.seed, fallback=fallback)
             for read in chunks:
                 error.add(*read())
-            fill = replace(fill, noise=self.fill_noise_scale * error.result())
-            rank_zero_info(f"MIRI data: data.fill_noise auto: {fill.noise:.4f}, {self.fill_noise_scale:g} x the "
-                           f"{self.init_fill} fill's error on observed entries hidden from it")
+            fill = replace(fill, noise=cfg.noise_scale * error.result())
+            rank_zero_info(f"MIRI data: data.fill.noise auto: {fill.noise:.4f}, {cfg.noise_scale:g} x the "
+                           f"{cfg.kind} fill's error on observed entries hidden from it")
         return {**fill.state(), "fallback": fallback}
 
     def _on_writer(self, name: str, compute: Callable[[], dict]) -> dict:
