@@ -47,6 +47,7 @@ from .inference import MIRIImputer
 from .io import atomic_path
 from .models.unet import VelocityUNet
 from .optim import OptimizerConfig, warmup_cosine
+from .runs import read_rounds
 
 ONE_STEP = SolverConfig(method="euler", steps=1)
 STATE_FILE = "state.pt"
@@ -294,8 +295,10 @@ def distill(run: Path, out: Path, cfg: DistillConfig = DistillConfig(), npz: Opt
                            chain.fill, kind="one_pass", source=f"distilled from {ckpt} ({len(chain.round_weights)} "
                                                                 f"rounds) on {npz}, {asdict(cfg)}")
     one_pass.export(out)
+    # What the distillation's cost compares with: the run's rounds' training times.
+    round_seconds = [r["train_seconds"] for r in read_rounds(ckpt.parent.parent) if r["round"] > 0]
     return {"pairs_seconds": pairs_seconds, "train_seconds": time.perf_counter() - started, "loss": loss,
-            "rounds": len(chain.round_weights)}
+            "rounds": len(chain.round_weights), "round_seconds": round_seconds}
 
 
 def parser():
@@ -325,8 +328,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         sys.exit(f"error: {' '.join(str(err).split())}")
     except MIRIError as err:
         sys.exit(f"error: {err}")
+    rounds = result["round_seconds"]
+    against = f" (the run's rounds trained {min(rounds):.0f} to {max(rounds):.0f} s)" if rounds else ""
     print(f"wrote {args.out}: one pass in place of {result['rounds']} rounds; pairs {result['pairs_seconds']:.0f} s, "
-          f"training {result['train_seconds']:.0f} s, last loss {result['loss']:.4g}")
+          f"training {result['train_seconds']:.0f} s{against}, last loss {result['loss']:.4g}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from miri_lightning.distill import DistillConfig, Student, distill, main as dist
 from miri_lightning.errors import ConfigError, DataError
 from miri_lightning.impute_cli import main as impute_main
 from miri_lightning.inference import MIRIImputer
+from miri_lightning.runs import read_rounds
 
 pytestmark = pytest.mark.slow
 FAST = DistillConfig(steps=60, batch_size=16, lr=3e-3, warmup_steps=5, pairs_per_image=1, save_every=20)
@@ -135,3 +136,11 @@ def test_bad_settings_and_inputs_are_named(run, tmp_path, capsys):
         distill_main([str(tmp_path / "nothing"), "--out", str(tmp_path / "x.pt")])
     with pytest.raises(SystemExit, match="init"):
         distill_main([str(run), "--out", str(tmp_path / "x.pt"), "--distill.init", "middle"])
+
+
+def test_the_command_reports_its_training_time_beside_the_runs_rounds(run, tmp_path, capsys):
+    distill_main([str(run), "--out", str(tmp_path / "s.pt"), "--distill.steps", "3", "--distill.batch_size", "4"])
+    seconds = [r["train_seconds"] for r in read_rounds(run)[1:]]
+    assert len(seconds) == 2
+    assert f"(the run's rounds trained {min(seconds):.0f} to {max(seconds):.0f} s)" in capsys.readouterr().out
+    assert MIRIImputer.load(tmp_path / "s.pt").kind == "one_pass"
