@@ -226,19 +226,26 @@ def test_bench_one_pass_scores_the_chain_the_student_and_the_baselines_on_new_im
     spec.loader.exec_module(bench)
     monkeypatch.setattr(bench, "load_inception", lambda: stand_in())
     out = tmp_path / "bench.json"
-    monkeypatch.setattr("sys.argv", ["bench_one_pass.py", str(run), "--one-pass", str(tmp_path / "one_pass.pt"),
-                                     "--npz", str(tmp_path / "d.npz"), "--num-images", "40", "--new-images", "20",
-                                     "--draws", "2", "--batch-size", "8", "--speed-images", "16", "--mi-steps", "5",
-                                     "--out", str(out)])
+    argv = ["bench_one_pass.py", str(run), "--one-pass", str(tmp_path / "one_pass.pt"), "--npz", str(tmp_path / "d.npz"),
+            "--num-images", "40", "--new-images", "20", "--draws", "2", "--batch-size", "8", "--speed-images", "16",
+            "--mi-steps", "5"]
+    monkeypatch.setattr("sys.argv", [*argv, "--out", str(out)])
     bench.main()
     result = json.loads(out.read_text())
     quality = result["quality"]
     assert {"chain, its own collection (last round)", "chain, new images", "one pass, new images",
             "one pass, mean of 2 draws", "interpolation sigma 1, new images", "interpolation sigma 0.4, new images",
             "per-entry mean, new images", "noise, new images"} == set(quality)
-    assert all({"mmd", "psnr", "mask_information", "fid", "kid"} <= set(row) for row in quality.values())
+    keys = {"mmd", "psnr", "speckle", "mutual_information", "mutual_information_se", "fid", "kid"}
+    assert all(keys <= set(row) for row in quality.values())  # the mask information over 3 classifier seeds
     # Blocky images: every imputation beats uniform noise at the missing entries.
     assert quality["one pass, new images"]["psnr"] > quality["noise, new images"]["psnr"]
     assert set(result["speed"]) == {"chain", "one pass", "chain, 100 Euler steps a round"}
     assert all(rate > 0 for rate in result["speed"].values())
     assert "chain of 2 rounds" in result["chain"] and "one-pass" in result["student"]
+    # The speed alone: every quality row skipped.
+    monkeypatch.setattr("sys.argv", [*argv, "--out", str(tmp_path / "speed.json"),
+                                     "--skip", "chain", "one_pass", "baselines", "collection"])
+    bench.main()
+    alone = json.loads((tmp_path / "speed.json").read_text())
+    assert alone["quality"] == {} and set(alone["speed"]) == set(result["speed"])
