@@ -227,7 +227,8 @@ def test_bench_one_pass_scores_the_chain_the_student_and_the_baselines_on_new_im
     monkeypatch.setattr(bench, "load_inception", lambda: stand_in())
     out = tmp_path / "bench.json"
     argv = ["bench_one_pass.py", str(run), "--one-pass", str(tmp_path / "one_pass.pt"),
-            "--npz", str(tmp_path / "d.npz"), "--num-images", "40", "--new-images", "20", "--draws", "2", "--batch-size", "8", "--speed-images", "16",
+            "--npz", str(tmp_path / "d.npz"), "--num-images", "40", "--new-images", "20", "--draws", "2",
+            "--batch-size", "8", "--speed-images", "16",
             "--mi-steps", "5"]
     monkeypatch.setattr("sys.argv", [*argv, "--out", str(out)])
     bench.main()
