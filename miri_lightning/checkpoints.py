@@ -120,3 +120,8 @@ def check_resume(path: str | os.PathLike, net: dict) -> None:
     if json.loads(json.dumps(saved)) != json.loads(json.dumps(net)):  # tuples and lists compare alike
         raise DataError(f"{path} holds a network with model.net {saved}, this run builds {net}: "
                         "resume with the model.net settings of the run that wrote it")
+
+
+def as_config(cls, value):
+    """`value`, or the dataclass `cls` made from it where it is a dict of its fields (as checkpoints store it)."""
+    return value if isinstance(value, cls) else cls(**value)

@@ -10,7 +10,7 @@ from typing import Literal, Optional, Union
 import torch
 from lightning.pytorch import LightningModule
 
-from .checkpoints import CHECKPOINT_FORMAT, check_finite_weights
+from .checkpoints import CHECKPOINT_FORMAT, as_config, check_finite_weights
 from .ema import EMA
 from .errors import ConfigError
 from .flow import SolverConfig, derangement, heldout_loss, missing_mse, random_window, solve_batches, training_pair
@@ -33,11 +33,6 @@ def compile_modes(compile: Union[bool, str]) -> Optional[tuple[str, str]]:
         return None
     mode = "default" if compile is True else compile
     return mode, WITHOUT_CUDA_GRAPHS.get(mode, mode)
-
-
-def _as_config(cls, value):
-    """`value`, or the dataclass `cls` made from it where it is a dict of its fields (as checkpoints store it)."""
-    return value if isinstance(value, cls) else cls(**value)
 
 
 class MIRI(LightningModule):
@@ -75,8 +70,8 @@ class MIRI(LightningModule):
         loss_entries: Literal["missing", "partner_observed"] = "missing",
     ):
         super().__init__()
-        self.net_config, self.optimizer_config = _as_config(UNetConfig, net), _as_config(OptimizerConfig, optimizer)
-        self.solver = _as_config(SolverConfig, solver)
+        self.net_config, self.optimizer_config = as_config(UNetConfig, net), as_config(OptimizerConfig, optimizer)
+        self.solver = as_config(SolverConfig, solver)
         if not 0 <= ema_decay < 1:
             raise ConfigError(f"model.ema_decay must be in [0, 1), got {ema_decay}")
         # Plain dicts: loading a checkpoint then needs no pickled classes.

@@ -16,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from ..blocks import ObservedMean
-from ..checkpoints import DATA_STATE_MARK
+from ..checkpoints import DATA_STATE_MARK, as_config
 from ..fills import FillConfig, RoundZeroFill
 from ..errors import ConfigError, DataError
 from ..seeds import given_seed
@@ -88,7 +88,7 @@ class MaskedImageDataModule(LightningDataModule):
         if num_workers < 0:
             raise ConfigError(f"data.num_workers must be >= 0, got {num_workers}")
         self.source, self.mask = source, mask
-        self.fill_config = fill if isinstance(fill, FillConfig) else FillConfig(**fill)
+        self.fill_config = as_config(FillConfig, fill)
         self.val_fraction = val_fraction
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, given_seed("data.seed", seed)
         self.state, self.state_dir, self.on_device = state, state_dir, on_device
